@@ -1,0 +1,293 @@
+"""The `voxgate` command line: serve, check, simulate.
+
+Every option has a flag and an environment variable. Errors are one line on stderr: exit 2
+for a bad option value, exit 1 when the gateway cannot start (no key, port taken).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from voxgate import __version__, logs
+from voxgate.config import (
+    DEEPGRAM,
+    KEY_VARS,
+    NO_KEY_MESSAGE,
+    OPENAI,
+    Config,
+    ConfigError,
+    check_proxy_path,
+    check_ws_url,
+    normalize_key,
+    read_key_file,
+)
+
+ROUTE_LABELS = {
+    "openai.translate": "Deepgram Voice Agent protocol -> OpenAI Realtime",
+    "openai.realtime": "raw OpenAI Realtime relay",
+    "deepgram.agent": "Deepgram Voice Agent passthrough",
+    "deepgram.bare": "Deepgram Voice Agent passthrough (?service=transcription: live transcription)",
+    "deepgram.listen": "Deepgram live transcription passthrough",
+    "deepgram.speak": "Deepgram streaming TTS passthrough",
+}
+
+
+class StartupError(Exception):
+    """The gateway cannot start; printed as one line, exit 1."""
+
+
+def _float_or_off(value: Any) -> float | None:
+    return None if value in (None, 0, 0.0) else float(value)
+
+
+GATEWAY_OPTIONS: list[Callable] = [
+    click.option("--host", envvar="VOXGATE_HOST", default="127.0.0.1", show_default=True,
+                 help="Interface to bind."),
+    click.option("--port", envvar=["VOXGATE_PORT", "PROXY_PORT"], type=click.IntRange(0, 65535),
+                 default=8080, show_default=True, help="TCP port for every path (0 = any free port)."),
+    click.option("--proxy-path", envvar="PROXY_PATH", default="/deepgram-proxy", show_default=True,
+                 help="WebSocket path of the Deepgram passthrough."),
+    click.option("--env-file", envvar="VOXGATE_ENV_FILE", default=None,
+                 help="dotenv file to read (default: .env in the working directory when present; "
+                      "the real environment wins; SKIP_DOTENV=1 disables)."),
+    click.option("--openai-key-file", envvar="VOXGATE_OPENAI_KEY_FILE", default=None,
+                 help="File holding the OpenAI key (instead of OPENAI_API_KEY)."),
+    click.option("--deepgram-key-file", envvar="VOXGATE_DEEPGRAM_KEY_FILE", default=None,
+                 help="File holding the Deepgram key (instead of DEEPGRAM_API_KEY)."),
+    click.option("--openai-realtime-url", envvar="OPENAI_REALTIME_URL",
+                 default="wss://api.openai.com/v1/realtime", show_default=True,
+                 help="OpenAI Realtime WebSocket URL (a ?model= in it sets the default model)."),
+    click.option("--deepgram-agent-url", envvar="DEEPGRAM_AGENT_URL", default="wss://agent.deepgram.com",
+                 show_default=True, help="Deepgram Voice Agent base URL (/v1/agent/converse appended)."),
+    click.option("--deepgram-api-url", envvar="DEEPGRAM_API_URL", default="wss://api.deepgram.com",
+                 show_default=True, help="Deepgram API base URL (/v1/listen, /v1/speak appended)."),
+    click.option("--workers-per-provider", envvar="VOXGATE_WORKERS_PER_PROVIDER", type=click.IntRange(1, 64),
+                 default=1, show_default=True, help="Worker processes per provider."),
+    click.option("--connect-timeout", envvar="VOXGATE_CONNECT_TIMEOUT", type=click.FloatRange(0.1, 300),
+                 default=10.0, show_default=True, help="Upstream connect + handshake timeout, seconds."),
+    click.option("--max-message-bytes", envvar="VOXGATE_MAX_MESSAGE_BYTES", type=click.IntRange(1024, 64 << 20),
+                 default=1 << 20, show_default=True, help="Largest client message; larger closes with 1009."),
+    click.option("--idle-timeout", envvar="VOXGATE_IDLE_TIMEOUT", type=click.FloatRange(0, 86400),
+                 default=300.0, show_default=True,
+                 help="Close a session whose client sent nothing for this long (0 = off; never on listen)."),
+    click.option("--max-session-seconds", envvar="VOXGATE_MAX_SESSION_SECONDS", type=click.FloatRange(0, 86400 * 7),
+                 default=3600.0, show_default=True, help="Longest session (0 = unlimited)."),
+    click.option("--head-timeout", envvar="VOXGATE_HEAD_TIMEOUT", type=click.FloatRange(0.1, 300),
+                 default=10.0, show_default=True, help="Seconds to receive a request head (else 408)."),
+    click.option("--head-max-bytes", envvar="VOXGATE_HEAD_MAX_BYTES", type=click.IntRange(1024, 1 << 20),
+                 default=16384, show_default=True, help="Largest request head (else 431)."),
+    click.option("--grace", envvar="VOXGATE_GRACE", type=click.FloatRange(0, 3600), default=30.0,
+                 show_default=True, help="Seconds sessions may finish after SIGTERM before 1001."),
+    click.option("--worker-timeout", envvar="VOXGATE_WORKER_TIMEOUT", type=click.FloatRange(0.5, 600),
+                 default=10.0, show_default=True, help="Kill and respawn a worker silent this long."),
+    click.option("--deepgram-keepalive", envvar="VOXGATE_DEEPGRAM_KEEPALIVE", type=click.FloatRange(0, 60),
+                 default=0.0, show_default=True,
+                 help="Send KeepAlive upstream on listen after this many silent seconds (0 = off)."),
+    click.option("--deepgram-synthetic-agent-audio-done/--no-deepgram-synthetic-agent-audio-done",
+                 envvar="VOXGATE_DEEPGRAM_SYNTHETIC_AGENT_AUDIO_DONE", default=True, show_default=True,
+                 help="Inject AgentAudioDone after the first assistant ConversationText that follows audio."),
+    click.option("--translator-strict/--no-translator-strict", envvar="VOXGATE_TRANSLATOR_STRICT",
+                 default=False, show_default=True,
+                 help="/openai accepts only Settings, InjectUserMessage, FunctionCallResponse."),
+    click.option("--log-level", envvar=["VOXGATE_LOG_LEVEL", "LOG_LEVEL"],
+                 type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True),
+    click.option("--log-format", envvar="VOXGATE_LOG_FORMAT", type=click.Choice(["text", "json"]),
+                 default="text", show_default=True),
+]
+
+
+def gateway_options(func: Callable) -> Callable:
+    for option in reversed(GATEWAY_OPTIONS):
+        func = option(func)
+    return func
+
+
+def load_env_file(argv: list[str]) -> None:
+    """Load the dotenv file before options are parsed, so it can feed them (P29)."""
+    if os.environ.get("SKIP_DOTENV", "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    path = os.environ.get("VOXGATE_ENV_FILE")
+    for i, arg in enumerate(argv):
+        if arg == "--env-file" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--env-file="):
+            path = arg.split("=", 1)[1]
+    explicit = path is not None
+    path = path or ".env"
+    if not os.path.isfile(path):
+        if explicit:
+            raise click.UsageError(f"--env-file {path}: no such file")
+        return
+    from dotenv import load_dotenv
+
+    load_dotenv(path, override=False)
+
+
+def _key(provider: str, key_file: str | None) -> str | None:
+    raw = read_key_file(key_file) if key_file else os.environ.get(KEY_VARS[provider])
+    return normalize_key(provider, raw)
+
+
+def build_config(opts: dict[str, Any]) -> Config:
+    """Validate options into a Config; raises ConfigError with a one-line message."""
+    return Config(
+        host=opts["host"],
+        port=opts["port"],
+        proxy_path=check_proxy_path(opts["proxy_path"]),
+        openai_key=_key(OPENAI, opts["openai_key_file"]),
+        deepgram_key=_key(DEEPGRAM, opts["deepgram_key_file"]),
+        openai_realtime_url=check_ws_url("OPENAI_REALTIME_URL", opts["openai_realtime_url"]),
+        deepgram_agent_url=check_ws_url("DEEPGRAM_AGENT_URL", opts["deepgram_agent_url"]),
+        deepgram_api_url=check_ws_url("DEEPGRAM_API_URL", opts["deepgram_api_url"]),
+        workers_per_provider=opts["workers_per_provider"],
+        connect_timeout=opts["connect_timeout"],
+        max_message_bytes=opts["max_message_bytes"],
+        idle_timeout=_float_or_off(opts["idle_timeout"]),
+        max_session_seconds=_float_or_off(opts["max_session_seconds"]),
+        grace=opts["grace"],
+        head_timeout=opts["head_timeout"],
+        head_max_bytes=opts["head_max_bytes"],
+        worker_timeout=opts["worker_timeout"],
+        deepgram_keepalive=_float_or_off(opts["deepgram_keepalive"]),
+        deepgram_synthetic_agent_audio_done=opts["deepgram_synthetic_agent_audio_done"],
+        translator_strict=opts["translator_strict"],
+        translator_json_passthrough=_env_flag("VOXGATE_TRANSLATOR_CLIENT_JSON_PASSTHROUGH")
+        or _env_flag("OPENAI_PROXY_CLIENT_JSON_PASSTHROUGH"),
+        log_level=opts["log_level"].lower(),
+        log_format=opts["log_format"],
+    )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def public_url(config: Config, path: str, *, tls: bool = False) -> str:
+    host = config.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{'wss' if tls else 'ws'}://{host}:{config.port}{path}"
+
+
+def endpoint_lines(config: Config, *, tls: bool = False) -> list[str]:
+    """P22: one line per endpoint, live or off (and why)."""
+    from voxgate.supervisor.routing import Router
+
+    lines = []
+    for path, route in Router(config.proxy_path).endpoints():
+        state = "live" if config.enabled(route.provider) else f"off ({KEY_VARS[route.provider]} not set)"
+        label = ROUTE_LABELS["deepgram.bare" if path == config.proxy_path else route.name]
+        lines.append(f"endpoint {public_url(config, path, tls=tls)} {state} - {label}")
+    return lines
+
+
+def startup_notes(config: Config) -> list[str]:
+    notes = []
+    for provider in (OPENAI, DEEPGRAM):
+        var = KEY_VARS[provider]
+        if not config.enabled(provider) and os.environ.get(f"VITE_{var}"):
+            notes.append(f"note: VITE_{var} is set but ignored (frontend-only); set {var} instead")
+    if config.deepgram_key and len(config.deepgram_key) < 40 and not config.deepgram_key.startswith("test"):
+        notes.append("warning: DEEPGRAM_API_KEY looks too short (Deepgram keys have 40+ characters)")
+    return notes
+
+
+async def _serve(config: Config, log: logs.EventLog) -> None:
+    import trio
+
+    from voxgate.supervisor.server import Supervisor
+
+    try:
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    port = listeners[0].socket.getsockname()[1]
+    if port != config.port:
+        import dataclasses
+
+        config = dataclasses.replace(config, port=port)
+    supervisor = Supervisor(config, log)
+    supervisor.port = port
+    for line in [*startup_notes(config), *endpoint_lines(config)]:
+        click.echo(line)
+    click.echo(f"voxgate {__version__} listening on {config.host}:{port} (pid {os.getpid()})")
+    sys.stdout.flush()
+    await supervisor.run(listeners)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="voxgate")
+def cli() -> None:
+    """voxgate: OpenAI Realtime and Deepgram behind one port, keys kept on the server."""
+
+
+@cli.command()
+@gateway_options
+def serve(**opts: Any) -> None:
+    """Run the gateway: supervisor on one port, one worker process per provider."""
+    import trio
+
+    config = build_config(opts)
+    if not config.enabled_providers:
+        raise StartupError(NO_KEY_MESSAGE)
+    logs.register_secret(config.openai_key)
+    logs.register_secret(config.deepgram_key)
+    log = logs.setup("supervisor", level=config.log_level, fmt=config.log_format)
+    trio.run(_serve, config, log)
+
+
+@cli.group()
+def simulate() -> None:
+    """Run a simulated upstream (for tests, demos and benchmarks)."""
+
+
+def _simulator_command(name: str) -> Callable:
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True)
+    @click.option("--key", envvar=f"VOXGATE_SIMULATE_{name.upper()}_KEY", default="sim-key", show_default=True,
+                  help="The API key the simulator expects.")
+    def command(host: str, port: int, key: str) -> None:
+        import importlib
+
+        import trio
+
+        module = importlib.import_module(f"voxgate.simulate.{name}")
+        trio.run(module.run, host, port, key)
+
+    command.__doc__ = f"Simulated {name} upstream."
+    return command
+
+
+simulate.command("openai")(_simulator_command("openai"))
+simulate.command("deepgram")(_simulator_command("deepgram"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors, never a traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        load_env_file(args)
+        cli.main(args=args, prog_name="voxgate", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.UsageError as exc:
+        click.echo(f"voxgate: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except ConfigError as exc:
+        click.echo(f"voxgate: error: {exc}", err=True)
+        sys.exit(2)
+    except StartupError as exc:
+        click.echo(f"voxgate: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)

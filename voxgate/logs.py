@@ -1,0 +1,105 @@
+"""One line per event, as text for a terminal or JSON for a log pipeline.
+
+Every process (supervisor, each worker) calls `setup()` once; code logs through
+`EventLog.event(level, name, **fields)` so lines stay structured. Secrets registered with
+`register_secret` are scrubbed from every line as a last line of defence; the first line of
+defence is never passing them to a logger at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+LEVELS = ("debug", "info", "warning", "error")
+_secrets: list[str] = []
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret so that no log line can ever carry it."""
+    if value and len(value) >= 4 and value not in _secrets:
+        _secrets.append(value)
+
+
+def _scrub(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _format_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=') :
+        return orjson.dumps(text).decode()
+    return text
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        parts = [f"{stamp}.{int(record.msecs):03d}", record.levelname.lower(), record.name, record.getMessage()]
+        parts.extend(f"{k}={_format_value(v)}" for k, v in fields.items() if v is not None)
+        return _scrub(" ".join(parts))
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "proc": record.name,
+            "event": record.getMessage(),
+        }
+        body.update(getattr(record, "fields", {}))
+        return _scrub(orjson.dumps(body, default=str).decode())
+
+
+def setup(proc: str, *, level: str = "info", fmt: str = "text") -> EventLog:
+    """Configure the root handler for this process and return its event logger."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return EventLog(proc)
+
+
+class EventLog:
+    """A named logger whose lines are an event name plus key=value fields."""
+
+    def __init__(self, name: str, **context: Any) -> None:
+        self._logger = logging.getLogger(name)
+        self._context = context
+
+    def bind(self, **context: Any) -> EventLog:
+        """A logger that adds these fields (session id, trace id...) to every line."""
+        child = EventLog(self._logger.name, **{**self._context, **context})
+        return child
+
+    def enabled(self, level: str) -> bool:
+        return self._logger.isEnabledFor(getattr(logging, level.upper()))
+
+    def event(self, level: str, name: str, **fields: Any) -> None:
+        lvl = getattr(logging, level.upper())
+        if self._logger.isEnabledFor(lvl):
+            self._logger.log(lvl, name, extra={"fields": {**self._context, **fields}})
+
+    def debug(self, name: str, **fields: Any) -> None:
+        self.event("debug", name, **fields)
+
+    def info(self, name: str, **fields: Any) -> None:
+        self.event("info", name, **fields)
+
+    def warning(self, name: str, **fields: Any) -> None:
+        self.event("warning", name, **fields)
+
+    def error(self, name: str, **fields: Any) -> None:
+        self.event("error", name, **fields)

@@ -1,0 +1,160 @@
+"""Reading one bounded request head with h11, and writing small plain HTTP responses.
+
+The supervisor reads at most `max_bytes` of head within `timeout` seconds (slowloris): too
+large → 431, too slow → 408, malformed → 400. Responses are always `Connection: close`;
+every one carries the P25 security headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import h11
+import orjson
+import trio
+
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("X-XSS-Protection", "1; mode=block"),
+)
+HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+
+
+class HeadError(Exception):
+    """The request head could not be read; `status` is the HTTP answer to give."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Head:
+    """A parsed request head plus every byte read so far (the worker replays them)."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    raw: bytes
+    head_len: int
+    body: bytes = b""
+    _index: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """First value of a header (name lower-case)."""
+        if not self._index:
+            for key, value in self.headers:
+                self._index.setdefault(key, value)
+        return self._index.get(name)
+
+    def header_values(self, name: str) -> list[str]:
+        """All comma-separated values of a possibly repeated header."""
+        out: list[str] = []
+        for key, value in self.headers:
+            if key == name:
+                out.extend(v.strip() for v in value.split(",") if v.strip())
+        return out
+
+    @property
+    def is_websocket(self) -> bool:
+        upgrade = (self.header("upgrade") or "").lower()
+        return self.method == "GET" and upgrade == "websocket"
+
+
+async def read_head(
+    stream: trio.abc.ReceiveStream, *, max_bytes: int, timeout: float, max_body: int = 0
+) -> Head:
+    """Read and parse one request head (and a small body when `max_body` allows)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
+    raw = bytearray()
+    with trio.move_on_after(timeout) as scope:
+        request = await _next_request(stream, conn, raw)
+        head_len = len(raw) - len(conn.trailing_data[0])
+        body = b""
+        if request.method != b"GET" and max_body:
+            body = await _read_body(stream, conn, raw, max_body)
+    if scope.cancelled_caught:
+        raise HeadError(408, "request head not received in time")
+    headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers]
+    return Head(
+        method=request.method.decode("ascii", "replace"),
+        target=request.target.decode("latin-1"),
+        headers=headers,
+        raw=bytes(raw),
+        head_len=head_len,
+        body=body,
+    )
+
+
+async def _receive(stream: trio.abc.ReceiveStream, conn: h11.Connection, raw: bytearray) -> None:
+    try:
+        data = await stream.receive_some(16384)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise HeadError(400, f"connection failed: {exc.__class__.__name__}") from None
+    raw += data
+    conn.receive_data(data)
+
+
+async def _next_request(stream: trio.abc.ReceiveStream, conn: h11.Connection, raw: bytearray) -> h11.Request:
+    for _ in range(100_000):
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
+            raise HeadError(status, "request head too large" if status == 431 else "malformed request head") from None
+        if event is h11.NEED_DATA:
+            await _receive(stream, conn, raw)
+            continue
+        if isinstance(event, h11.Request):
+            return event
+        raise HeadError(400, "connection closed before a request head")
+    raise HeadError(400, "malformed request head")
+
+
+async def _read_body(stream: trio.abc.ReceiveStream, conn: h11.Connection, raw: bytearray, limit: int) -> bytes:
+    body = bytearray()
+    for _ in range(100_000):
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            raise HeadError(400, "malformed request body") from None
+        if event is h11.NEED_DATA:
+            await _receive(stream, conn, raw)
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > limit:
+                raise HeadError(413, "request body too large")
+        elif isinstance(event, h11.EndOfMessage):
+            return bytes(body)
+        else:
+            raise HeadError(400, "connection closed during the request body")
+    raise HeadError(400, "malformed request body")
+
+
+def response(
+    status: int,
+    body: bytes | str | dict | None = None,
+    *,
+    headers: list[tuple[str, str]] | None = None,
+    tls: bool = False,
+) -> bytes:
+    """A complete `Connection: close` HTTP/1.1 response; dict bodies become JSON."""
+    content_type = "text/plain; charset=utf-8"
+    if isinstance(body, dict):
+        body = orjson.dumps(body)
+        content_type = "application/json; charset=utf-8"
+    elif isinstance(body, str):
+        body = body.encode()
+    elif body is None:
+        body = HTTPStatus(status).phrase.encode() if status >= 400 else b""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    all_headers = list(SECURITY_HEADERS) + ([HSTS] if tls else [])
+    if status != 204:
+        all_headers += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    all_headers.append(("Connection", "close"))
+    all_headers += headers or []
+    lines += [f"{k}: {v}" for k, v in all_headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body if status != 204 else b"")

@@ -1,0 +1,194 @@
+"""The supervisor: one listening port, a bounded request head per connection, then either a
+plain HTTP answer or a hand-off of the connected socket to a provider worker.
+
+After a hand-off the supervisor closes its copy of the socket and is out of the data path:
+it never parses a WebSocket frame.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from typing import Any
+
+import trio
+
+from voxgate.config import KEY_VARS, Config
+from voxgate.control import ChannelClosed
+from voxgate.logs import EventLog
+from voxgate.supervisor.http import Head, HeadError, read_head, response
+from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
+from voxgate.supervisor.workers import ProviderPool, Worker
+
+HANDOFF_ATTEMPTS = 3
+
+
+class Supervisor:
+    """Owns the listener, the worker pools and the per-connection decision."""
+
+    def __init__(self, config: Config, log: EventLog) -> None:
+        self.config = config
+        self.log = log
+        self.router = Router(config.proxy_path)
+        self.pools: dict[str, ProviderPool] = {
+            provider: ProviderPool(provider, config, log) for provider in config.enabled_providers
+        }
+        self.draining = False
+        self.tls = False
+        self.port = config.port
+
+    # -- plain HTTP ---------------------------------------------------------------------
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """`/readyz`: per provider enabled/ready/workers; 503 when draining or a provider is down."""
+        services: dict[str, Any] = {}
+        ok = not self.draining
+        for provider, path in (("deepgram", self.config.proxy_path), ("openai", "/openai")):
+            pool = self.pools.get(provider)
+            if pool is None:
+                services[provider] = {
+                    "enabled": False, "path": None, "ready": False,
+                    "reason": f"{KEY_VARS[provider]} not set", "workers": [], "sessions": 0,
+                }
+                continue
+            ready = bool(pool.ready_workers())
+            ok = ok and ready
+            workers = pool.snapshot()
+            services[provider] = {
+                "enabled": True, "path": path, "ready": ready, "workers": workers,
+                "sessions": sum(w["sessions"] for w in workers), "restarts": pool.restarts,
+            }
+        body = {
+            "status": "draining" if self.draining else ("ready" if ok else "not_ready"),
+            "ready": ok, "port": self.port, "https": self.tls, "services": services,
+        }
+        return (200 if ok else 503), body
+
+    def http_answer(self, head: Head, path: str) -> bytes:
+        endpoint = HTTP_ENDPOINTS.get(path)
+        if head.method not in ("GET", "HEAD") or endpoint is None:
+            if self.router.websocket_route(path, []) is not None and head.method == "GET":
+                return response(426, "Upgrade Required", headers=[("Upgrade", "websocket")], tls=self.tls)
+            return response(404, "Not Found", tls=self.tls)
+        if endpoint == "healthz":
+            return response(200, {"status": "ok"}, tls=self.tls)
+        if endpoint == "readyz":
+            status, body = self.readiness()
+            return response(status, body, tls=self.tls)
+        return response(404, "Not Found", tls=self.tls)
+
+    # -- connections --------------------------------------------------------------------
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """One accepted connection; never raises (a bad client must not hurt the listener)."""
+        handed_off = False
+        try:
+            handed_off = await self._handle(stream)
+        except Exception as exc:  # noqa: BLE001 - the listener must survive anything
+            self.log.error("connection handler failed", error=exc.__class__.__name__)
+        finally:
+            if not handed_off:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.aclose()
+            else:
+                stream.socket.close()
+
+    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _handle(self, stream: trio.SocketStream) -> bool:
+        try:
+            head = await read_head(stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout)
+        except HeadError as exc:
+            self.log.info("request rejected", status=exc.status, reason=exc.detail)
+            await self._send(stream, response(exc.status, tls=self.tls))
+            return False
+        path, query = split_target(head.target)
+        if not head.is_websocket:
+            await self._send(stream, self.http_answer(head, path))
+            return False
+        route = self.router.websocket_route(path, query)
+        if route is None:
+            await self._send(stream, response(404, "Not Found", tls=self.tls))
+            return False
+        pool = self.pools.get(route.provider)
+        if pool is None:
+            var = KEY_VARS[route.provider]
+            body = {"error": "provider_disabled", "message": f"{route.provider} is off: {var} is not set", "missing": var}
+            await self._send(stream, response(503, body, tls=self.tls))
+            return False
+        if self.draining:
+            await self._send(stream, response(503, {"error": "draining"}, headers=[("Retry-After", "5")], tls=self.tls))
+            return False
+        return await self._hand_off(stream, head, route, pool, query)
+
+    async def _hand_off(
+        self, stream: trio.SocketStream, head: Head, route: Route, pool: ProviderPool, query: list[tuple[str, str]]
+    ) -> bool:
+        sid = uuid.uuid4().hex[:16]
+        peer = stream.socket.getpeername()
+        trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
+        header = {
+            "t": "conn", "sid": sid, "route": route.kind, "peer": peer[0], "port": peer[1],
+            "head_len": head.head_len, "trace": trace[:128],
+        }
+        for _ in range(HANDOFF_ATTEMPTS):
+            worker: Worker | None = await pool.wait_for_worker(self.config.worker_wait)
+            if worker is None:
+                break
+            try:
+                await worker.hand_off(header, head.raw, stream.socket.fileno())
+            except ChannelClosed:
+                continue
+            self.log.debug("handed off", sid=sid, trace=header["trace"], route=route.name, worker=worker.worker_id)
+            return True
+        self.log.warning("no worker ready", route=route.name, sid=sid)
+        body = {"error": "worker_unavailable", "message": f"no {route.provider} worker is ready, retry shortly"}
+        await self._send(stream, response(503, body, headers=[("Retry-After", "2")], tls=self.tls))
+        return False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, listeners: list[trio.SocketListener], task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for pool in self.pools.values():
+                nursery.start_soon(pool.run)
+            serve_scope = trio.CancelScope()
+            nursery.start_soon(self._serve, listeners, serve_scope)
+            task_status.started()
+            await self._signals(serve_scope, nursery.cancel_scope)
+
+    async def _serve(self, listeners: list[trio.SocketListener], scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.serve_listeners(self.handle, listeners)
+
+    async def _signals(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.log.info("shutting down", signal=signal.Signals(signum).name, grace=f"{self.config.grace:g}s")
+                break
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._drain, serve_scope, all_scope)
+                async for signum in signals:
+                    if signum == signal.SIGINT:
+                        self.log.warning("second interrupt, exiting now")
+                        for pool in self.pools.values():
+                            pool.kill()
+                        all_scope.cancel()
+                        return
+
+    async def _drain(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
+        self.draining = True
+        serve_scope.cancel()
+        for pool in self.pools.values():
+            await pool.drain(self.config.grace)
+        with trio.move_on_after(self.config.grace + 5):
+            for pool in self.pools.values():
+                await pool.wait_stopped()
+        for pool in self.pools.values():
+            pool.kill()
+        self.log.info("stopped")
+        all_scope.cancel()

@@ -1,0 +1,1 @@
+"""Shared worker runtime: handed-off sockets, WebSocket handshakes, relay engines."""

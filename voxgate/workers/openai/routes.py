@@ -1,0 +1,20 @@
+"""Route table of the OpenAI worker: the translator and the raw Realtime relay."""
+
+from __future__ import annotations
+
+from voxgate.workers.openai import realtime
+from voxgate.workers.passthrough import run_passthrough
+from voxgate.workers.runtime import Handler, Session
+
+
+async def handle_realtime(session: Session) -> None:
+    await run_passthrough(session, realtime.profile_for(session))
+
+
+async def handle_translate(session: Session) -> None:
+    from voxgate.workers.openai.session import run_translator
+
+    await run_translator(session)
+
+
+HANDLERS: dict[str, Handler] = {"realtime": handle_realtime, "translate": handle_translate}

@@ -1,0 +1,268 @@
+"""The I/O around the translator core: two trio-websocket legs, timers, gateway limits.
+
+The core (`translator.Translator`) decides everything; this module only feeds it events in
+arrival order and performs the actions it returns. One lock serializes core calls and their
+actions, so frames leave in exactly the order the core produced them.
+
+trio-websocket runs its reader tasks in the nursery we give it; a fault inside the library
+(e.g. a ping racing a close) therefore ends this session only, never the worker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlencode
+from collections.abc import Callable
+
+import trio
+import trio_websocket as tws
+
+from voxgate.workers.deepgram.service import choose_subprotocol
+from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.openai import realtime
+from voxgate.workers.openai.translator import (
+    Action,
+    ArmTimer,
+    CancelTimer,
+    CloseClient,
+    CloseUpstream,
+    Log,
+    SendClient,
+    SendUpstream,
+    Translator,
+)
+from voxgate.workers.runtime import Session
+from voxgate.workers.streams import PrefixedStream
+
+UPSTREAM_MAX_MESSAGE = 32 << 20
+CLOSE_WAIT = 2.0
+
+
+class TranslatorSession:
+    """One `/openai` connection: client leg, upstream leg, the core between them."""
+
+    def __init__(self, session: Session) -> None:
+        config = session.config
+        self.session = session
+        self.core = Translator(
+            request_id=str(uuid.uuid4()),
+            default_model=realtime.base_and_model(config)[1],
+            strict=config.translator_strict,
+            json_passthrough=config.translator_json_passthrough,
+            max_pending_bytes=config.max_message_bytes * 4,
+        )
+        self.max_pending = config.max_message_bytes * 4
+        self.lock = trio.Lock()
+        self.client: tws.WebSocketConnection | None = None
+        self.upstream: tws.WebSocketConnection | None = None
+        self.upstream_ready = trio.Event()
+        self.timers: dict[str, trio.CancelScope] = {}
+        self.last_client_activity = trio.current_time()
+        self.client_closed = False
+        self.upstream_closed = False
+        self.done = trio.Event()
+        self.stats = {"frames_up": 0, "frames_down": 0, "bytes_up": 0, "bytes_down": 0}
+        self.nursery: trio.Nursery | None = None
+
+    # -- running the core ---------------------------------------------------------------
+
+    async def feed(self, call: Callable[[], list[Action]]) -> None:
+        """Run one core input and perform its actions, in order, under the lock."""
+        async with self.lock:
+            actions = call()
+            for action in actions:
+                await self.perform(action)
+            if self.core.closed:
+                self.done.set()
+
+    async def perform(self, action: Action) -> None:
+        if isinstance(action, SendClient):
+            if self.client is not None and not self.client_closed:
+                try:
+                    await self.client.send_message(action.data)
+                    self.stats["frames_down"] += 1
+                    self.stats["bytes_down"] += len(action.data)
+                except tws.ConnectionClosed:
+                    self.client_closed = True
+        elif isinstance(action, SendUpstream):
+            if self.upstream is not None and not self.upstream_closed:
+                try:
+                    await self.upstream.send_message(action.data)
+                    self.stats["frames_up"] += 1
+                    self.stats["bytes_up"] += len(action.data)
+                except tws.ConnectionClosed:
+                    self.upstream_closed = True
+        elif isinstance(action, ArmTimer):
+            self._arm(action.name, action.seconds)
+        elif isinstance(action, CancelTimer):
+            scope = self.timers.pop(action.name, None)
+            if scope is not None:
+                scope.cancel()
+        elif isinstance(action, CloseClient):
+            self.session.summary["sent_client_code"] = action.code
+            self.session.counters.closes[f"client|{action.code}"] += 1
+            await self._close(self.client, action.code, action.reason)
+            self.client_closed = True
+        elif isinstance(action, CloseUpstream):
+            await self._close(self.upstream, action.code, action.reason)
+            self.upstream_closed = True
+        elif isinstance(action, Log):
+            self.session.log.event(action.level, action.message, **action.fields)
+
+    async def _close(self, ws: tws.WebSocketConnection | None, code: int, reason: str) -> None:
+        if ws is None:
+            return
+        with trio.move_on_after(CLOSE_WAIT) as scope:
+            await ws.aclose(code, reason)
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(ws._stream)  # noqa: SLF001 - bounded close fallback
+
+    def _arm(self, name: str, seconds: float) -> None:
+        old = self.timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        scope = trio.CancelScope()
+        self.timers[name] = scope
+        assert self.nursery is not None
+        self.nursery.start_soon(self._timer, name, seconds, scope)
+
+    async def _timer(self, name: str, seconds: float, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(seconds)
+            if self.timers.get(name) is scope:
+                del self.timers[name]
+                await self.feed(lambda: self.core.timer_expired(name))
+
+    # -- the legs -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        session = self.session
+        config = session.config
+        stream = PrefixedStream(session.stream, session.preread)
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            request = await tws.wrap_server_stream(
+                nursery, stream, message_queue_size=4, max_message_size=config.max_message_bytes * 2
+            )
+            self.client = await request.accept(subprotocol=choose_subprotocol(list(request.proposed_subprotocols)))
+            session.log.info("session accepted", route=session.route, peer=session.peer)
+            await self.feed(self.core.start)
+            nursery.start_soon(self._connect_upstream)
+            nursery.start_soon(self._read_client)
+            nursery.start_soon(self._limits)
+            await self.done.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _connect_upstream(self) -> None:
+        config = self.session.config
+        base, model = realtime.base_and_model(config)
+        query = realtime.upstream_query([], model)
+        url = base + "?" + urlencode(query)
+        headers = [(b"Authorization", f"Bearer {config.openai_key}".encode()), (b"User-Agent", b"voxgate")]
+        started = trio.current_time()
+        try:
+            with trio.fail_after(config.connect_timeout):
+                self.upstream = await tws.connect_websocket_url(
+                    self.nursery, url, extra_headers=headers, message_queue_size=4,
+                    max_message_size=UPSTREAM_MAX_MESSAGE,
+                )
+        except (trio.TooSlowError, tws.HandshakeError, OSError, tws.ConnectionClosed) as exc:
+            err = _classify(exc)
+            self.session.counters.upstream_failures[err.kind] += 1
+            self.session.log.warning("upstream failed", kind=err.kind, status=err.status)
+            self.upstream_closed = True
+            await self.feed(lambda: self.core.upstream_failed(auth=err.auth))
+            self.done.set()
+            return
+        latency = trio.current_time() - started
+        self.session.counters.connect_seconds.append(latency)
+        self.session.summary["connect_ms"] = round(latency * 1000, 1)
+        self.session.log.info("upstream connected", latency_ms=round(latency * 1000, 1))
+        await self.feed(self.core.upstream_open)
+        self.upstream_ready.set()
+        await self._read_upstream()
+
+    async def _read_client(self) -> None:
+        assert self.client is not None
+        limit = self.session.config.max_message_bytes
+        while True:
+            if self.core.pending_bytes > self.max_pending and not self.upstream_ready.is_set():
+                await self.upstream_ready.wait()
+            try:
+                message = await self.client.get_message()
+            except tws.ConnectionClosed as exc:
+                reason = exc.reason
+                self.client_closed = True
+                self.session.summary["client_code"] = reason.code if reason else None
+                await self.feed(lambda: self.core.client_closed(reason.code if reason else None, reason.reason or "" if reason else ""))
+                self.done.set()
+                return
+            self.last_client_activity = trio.current_time()
+            if len(message) > limit:
+                await self.feed(lambda: self.core.gateway_limit("message_too_large"))
+                self.done.set()
+                return
+            await self.feed(lambda m=message: self.core.client_message(m))
+
+    async def _read_upstream(self) -> None:
+        assert self.upstream is not None
+        while True:
+            try:
+                message = await self.upstream.get_message()
+            except tws.ConnectionClosed as exc:
+                reason = exc.reason
+                self.upstream_closed = True
+                self.session.summary["upstream_code"] = reason.code if reason else None
+                await self.feed(lambda: self.core.upstream_closed(reason.code if reason else None, reason.reason or "" if reason else ""))
+                self.done.set()
+                return
+            await self.feed(lambda m=message: self.core.upstream_message(m))
+
+    async def _limits(self) -> None:
+        """Idle timeout, max duration and drain, each ending with the core's Error + close."""
+        config = self.session.config
+        started = trio.current_time()
+        while True:
+            now = trio.current_time()
+            deadlines = []
+            if config.idle_timeout:
+                deadlines.append((self.last_client_activity + config.idle_timeout, "idle_timeout"))
+            if config.max_session_seconds:
+                deadlines.append((started + config.max_session_seconds, "session_max_duration"))
+            code = None
+            with trio.move_on_at(min((d for d, _ in deadlines), default=now + 3600)):
+                await self.session.shutdown.wait()
+                code = "shutting_down"
+            if code is None:
+                now = trio.current_time()
+                code = next((c for d, c in deadlines if d <= now), None)
+            if code is not None:
+                self.session.log.info("gateway limit", limit=code)
+                await self.feed(lambda c=code: self.core.gateway_limit(c))
+                self.done.set()
+                return
+
+
+def _classify(exc: BaseException) -> UpstreamConnectError:
+    if isinstance(exc, trio.TooSlowError):
+        return UpstreamConnectError("timeout")
+    if isinstance(exc, tws.ConnectionRejected):
+        return UpstreamConnectError("rejected", exc.status_code)
+    if isinstance(exc, tws.ConnectionTimeout):
+        return UpstreamConnectError("timeout")
+    if isinstance(exc, OSError):
+        return UpstreamConnectError("refused")
+    return UpstreamConnectError("protocol")
+
+
+async def run_translator(session: Session) -> None:
+    """Route handler for `/openai` and `/openai/v1/agent/converse`."""
+    translator = TranslatorSession(session)
+    try:
+        await translator.run()
+    finally:
+        session.summary.update(translator.stats)
+        for key, value in translator.stats.items():
+            direction = "up" if key.endswith("_up") else "down"
+            bucket = session.counters.frames if key.startswith("frames") else session.counters.bytes
+            bucket[f"{session.route}|{direction}"] += value

@@ -1,0 +1,120 @@
+"""A passthrough session: accept the client, then splice it to one upstream WebSocket.
+
+Shared by the Deepgram routes and the raw OpenAI Realtime relay; the provider packages only
+say which URL, which credentials, which subprotocol to echo and what to tell a client when
+the upstream fails (an `UpstreamProfile`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.handshake import open_upstream
+from voxgate.workers.runtime import Session
+from voxgate.workers.splice import SplicePolicy, SpliceStats, UpstreamObserver, run_splice
+
+# Query parameters that belong to voxgate, never to a provider (P5, openai-translator §10).
+GATEWAY_PARAMS = frozenset({"token", "traceId", "access_token"})
+AUTH_SUBPROTOCOL_PREFIXES = ("access_token.", "bearer.")
+
+
+@dataclass
+class UpstreamProfile:
+    """Everything provider-specific about one passthrough route."""
+
+    url: str
+    query: list[tuple[str, str]]
+    headers: list[tuple[str, str]]
+    subprotocol: str | None
+    failure_payloads: Callable[[UpstreamConnectError], list[bytes]] = lambda err: []
+    limit_payloads: Callable[[str], list[bytes]] = lambda code: []
+    observer: UpstreamObserver | None = None
+    keepalive: tuple[float, bytes] | None = None
+    idle_timeout: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def strip_params(query: list[tuple[str, str]], drop: frozenset[str] | set[str]) -> list[tuple[str, str]]:
+    """Client query minus gateway parameters, order and repeats kept."""
+    return [(k, v) for k, v in query if k not in drop]
+
+
+def auth_subprotocol(offered: list[str]) -> str | None:
+    """The voxgate auth subprotocol the client offered (`access_token.<t>`, `bearer.<t>`, or
+    the `token`,`<t>` pair), to echo back (P6)."""
+    for proto in offered:
+        if proto.startswith(AUTH_SUBPROTOCOL_PREFIXES):
+            return proto
+    if "token" in offered:
+        return "token"
+    return None
+
+
+def _failure_close(err: UpstreamConnectError) -> tuple[int, str]:
+    if err.auth:
+        return 1008, "upstream auth failed"
+    return 1011, "upstream unavailable"
+
+
+async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
+    """Accept the client with the chosen subprotocol and relay until either side ends."""
+    config = session.config
+    try:
+        await session.handshake.accept(session.stream, profile.subprotocol)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        session.summary["end"] = "client gone before accept"
+        return
+
+    def on_failure(err: UpstreamConnectError) -> tuple[list[bytes], int, str]:
+        code, reason = _failure_close(err)
+        session.counters.upstream_failures[err.kind] += 1
+        session.log.warning("upstream failed", kind=err.kind, status=err.status, close=code)
+        return profile.failure_payloads(err), code, reason
+
+    policy = SplicePolicy(
+        connect_timeout=config.connect_timeout,
+        max_message_bytes=config.max_message_bytes,
+        idle_timeout=profile.idle_timeout,
+        max_session_seconds=config.max_session_seconds,
+        client_keepalive=profile.keepalive,
+        on_upstream_failure=on_failure,
+        on_limit=profile.limit_payloads,
+        upstream_observer=profile.observer,
+    )
+    stats = SpliceStats()
+    connect = partial(open_upstream, profile.url, profile.query, profile.headers)
+    session.log.info("session accepted", route=session.route, peer=session.peer)
+    try:
+        await run_splice(session.stream, session.handshake.leftover, connect, policy, stats, session.shutdown)
+    finally:
+        record(session, stats)
+
+
+def record(session: Session, stats: SpliceStats) -> None:
+    """Fold one finished relay into the worker counters and the session's close line."""
+    counters = session.counters
+    route = session.route
+    counters.frames[f"{route}|up"] += stats.frames_up
+    counters.frames[f"{route}|down"] += stats.frames_down
+    counters.bytes[f"{route}|up"] += stats.bytes_up
+    counters.bytes[f"{route}|down"] += stats.bytes_down
+    if stats.upstream_connect_seconds is not None:
+        counters.connect_seconds.append(stats.upstream_connect_seconds)
+    if stats.sent_client_close_code is not None:
+        counters.closes[f"client|{stats.sent_client_close_code}"] += 1
+    session.summary.update(
+        end=stats.end_reason,
+        client_code=stats.client_close_code,
+        upstream_code=stats.upstream_close_code,
+        sent_client_code=stats.sent_client_close_code,
+        frames_up=stats.frames_up,
+        frames_down=stats.frames_down,
+        bytes_up=stats.bytes_up,
+        bytes_down=stats.bytes_down,
+        connect_ms=None if stats.upstream_connect_seconds is None else round(stats.upstream_connect_seconds * 1000, 1),
+    )

@@ -1,0 +1,206 @@
+"""What every worker process runs: receive handed-off sockets, run one session per socket in
+its own nursery, send heartbeats, drain on request, die with the supervisor.
+
+A provider package supplies only a table of route handlers (`async def handler(session)`);
+everything else - control channel, accept bookkeeping, counters, drain - lives here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from voxgate import logs
+from voxgate.config import Config
+from voxgate.control import Channel, ChannelClosed
+from voxgate.workers.handshake import ClientHandshake
+
+CONTROL_FD_ENV = "VOXGATE_CONTROL_FD"
+CLOSE_AFTER_SHUTDOWN = 3.0
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class WorkerCounters:
+    """Totals since the worker started; shipped in every heartbeat for /metrics."""
+
+    sessions_total: Counter = field(default_factory=Counter)  # route -> count
+    frames: Counter = field(default_factory=Counter)  # "route|up" / "route|down" -> frames
+    bytes: Counter = field(default_factory=Counter)
+    closes: Counter = field(default_factory=Counter)  # "leg|code" -> count
+    upstream_failures: Counter = field(default_factory=Counter)  # kind -> count
+    connect_seconds: list[float] = field(default_factory=list)  # recent upstream connect latencies
+
+    def snapshot(self) -> dict[str, Any]:
+        latencies, self.connect_seconds = self.connect_seconds, []
+        return {
+            "sessions_total": dict(self.sessions_total),
+            "frames": dict(self.frames),
+            "bytes": dict(self.bytes),
+            "closes": dict(self.closes),
+            "upstream_failures": dict(self.upstream_failures),
+            "connect_seconds": latencies,
+        }
+
+
+@dataclass
+class Session:
+    """One client connection inside a worker, as a route handler sees it."""
+
+    sid: str
+    route: str
+    peer: str
+    trace: str
+    stream: trio.SocketStream
+    handshake: ClientHandshake
+    config: Config
+    log: logs.EventLog
+    counters: WorkerCounters
+    preread: bytes = b""  # every byte the supervisor read, request head included
+    shutdown: trio.Event = field(default_factory=trio.Event)
+    summary: dict[str, Any] = field(default_factory=dict)  # handler fills: codes, frames, bytes
+
+
+Handler = Callable[[Session], Awaitable[None]]
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL us when the supervisor dies (Linux), even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class Worker:
+    """The worker process main loop."""
+
+    def __init__(self, provider: str, handlers: dict[str, Handler]) -> None:
+        self.provider = provider
+        self.handlers = handlers
+        self.config = Config.for_worker(provider)
+        self.worker_id = os.environ.get("VOXGATE_WORKER_ID", provider)
+        self.log = logs.setup(f"worker.{provider}", level=self.config.log_level, fmt=self.config.log_format)
+        logs.register_secret(self.config.key_for(provider))
+        self.counters = WorkerCounters()
+        self.sessions: dict[str, Session] = {}
+        self.draining = False
+        self._idle = trio.Event()
+
+    async def main(self) -> None:
+        fd = int(os.environ[CONTROL_FD_ENV])
+        channel = Channel(socket.socket(fileno=fd))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._heartbeat, channel)
+            nursery.start_soon(self._signals)
+            await channel.send({"t": "ready", "pid": os.getpid()})
+            try:
+                while True:
+                    msg = await channel.receive()
+                    kind = msg.header.get("t")
+                    if kind == "conn" and msg.fd is not None:
+                        if self.draining:
+                            os.close(msg.fd)
+                            continue
+                        nursery.start_soon(self._session, channel, msg.header, msg.payload, msg.fd)
+                    elif kind == "drain":
+                        nursery.start_soon(self.drain, float(msg.header.get("grace", self.config.grace)))
+            except ChannelClosed:
+                # The supervisor is gone: nothing may outlive it.
+                self.log.warning("supervisor gone, exiting")
+                nursery.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                await self.drain(self.config.grace)
+
+    async def _heartbeat(self, channel: Channel) -> None:
+        while True:
+            await trio.sleep(self.config.heartbeat_interval)
+            try:
+                await channel.send(
+                    {"t": "hb", "active": len(self.sessions), "stats": self.counters.snapshot()}
+                )
+            except ChannelClosed:
+                return
+
+    async def drain(self, grace: float) -> None:
+        """Finish sessions within `grace`, then close what is left with 1001 and exit."""
+        if self.draining:
+            return
+        self.draining = True
+        self.log.info("draining", worker=self.worker_id, sessions=len(self.sessions), grace=f"{grace:g}s")
+        with trio.move_on_after(grace):
+            while self.sessions:
+                await self._idle.wait()
+        for session in list(self.sessions.values()):
+            session.shutdown.set()
+        with trio.move_on_after(CLOSE_AFTER_SHUTDOWN):
+            while self.sessions:
+                await self._idle.wait()
+        self.log.info("drained", worker=self.worker_id)
+        self._nursery.cancel_scope.cancel()
+
+    async def _session(self, channel: Channel, header: dict[str, Any], pre: bytes, fd: int) -> None:
+        sid = str(header.get("sid", ""))
+        route = str(header.get("route", ""))
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        log = self.log.bind(sid=sid, trace=header.get("trace", sid))
+        try:
+            handshake = ClientHandshake(pre, int(header.get("head_len", len(pre))))
+            handler = self.handlers[route]
+        except (ValueError, KeyError):
+            log.warning("session refused", route=route, reason="invalid hand-off")
+            await trio.aclose_forcefully(stream)
+            await self._ended(channel, sid, route, {})
+            return
+        session = Session(
+            sid=sid, route=route, peer=str(header.get("peer", "")), trace=str(header.get("trace", sid)),
+            stream=stream, handshake=handshake, config=self.config, log=log, counters=self.counters,
+            preread=pre,
+        )
+        self.sessions[sid] = session
+        self.counters.sessions_total[route] += 1
+        started = trio.current_time()
+        try:
+            await handler(session)
+        except Exception as exc:  # noqa: BLE001 - one session must never take the worker down
+            log.error("session failed", route=route, error=exc.__class__.__name__)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+                del self.sessions[sid]
+                self._idle.set()
+                self._idle = trio.Event()
+                session.summary["duration"] = round(trio.current_time() - started, 3)
+                log.info("session closed", route=route, **session.summary)
+                await self._ended(channel, sid, route, session.summary)
+
+    async def _ended(self, channel: Channel, sid: str, route: str, summary: dict[str, Any]) -> None:
+        try:
+            await channel.send({"t": "end", "sid": sid, "route": route})
+        except ChannelClosed:
+            pass
+
+
+def run(provider: str, handlers: dict[str, Handler]) -> None:
+    """Entry point of `python -m voxgate.workers.<provider>`."""
+    _die_with_parent()
+    worker = Worker(provider, handlers)
+    try:
+        trio.run(worker.main)
+    except KeyboardInterrupt:
+        pass
