@@ -15,7 +15,6 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
-    HandshakeError,
     WebSocketConnection,
     open_websocket_url,
 )
@@ -33,6 +32,11 @@ from voxgate.simulate.deepgram import (
 
 KEY = "test-deepgram-key-0123456789"
 AUTH = [("Authorization", f"Token {KEY}")]
+UPGRADE = (
+    "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    "Authorization: Token {key}\r\n\r\n"
+)
 
 SETTINGS: dict[str, Any] = {
     "type": "Settings",
@@ -162,7 +166,9 @@ async def test_server_closes_tcp_after_401(sim: Sim) -> None:
 
 async def test_subprotocol_token_pair_authenticates_and_echoes_token(sim: Sim) -> None:
     with trio.fail_after(3):
-        async with connect(sim, "/v1/agent/converse", headers=[], subprotocols=["token", KEY]) as ws:
+        async with connect(
+            sim, "/v1/agent/converse", headers=[], subprotocols=["token", KEY]
+        ) as ws:
             assert ws.subprotocol == "token"
             assert (await recv(ws))["type"] == "Welcome"
     record = sim.sim.connections[0]
@@ -240,7 +246,9 @@ async def test_agent_settings_inject_user_message_full_turn(sim: Sim) -> None:
     assert np.sqrt(np.mean(decode_audio(pcm, "linear16") ** 2)) > 0.1
 
 
-@pytest.mark.parametrize(("encoding", "rate"), [("mulaw", 8000), ("alaw", 8000), ("linear16", 16000)])
+@pytest.mark.parametrize(
+    ("encoding", "rate"), [("mulaw", 8000), ("alaw", 8000), ("linear16", 16000)]
+)
 async def test_agent_audio_uses_requested_output_format(sim: Sim, encoding: str, rate: int) -> None:
     body = settings()
     body["audio"]["output"] = {"encoding": encoding, "sample_rate": rate, "container": "none"}
@@ -275,8 +283,22 @@ async def test_agent_greeting_follows_settings_applied(sim: Sim) -> None:
     [
         ({"type": "Settings", "agent": {}}, "audio"),
         ({"type": "Settings", "audio": {}}, "agent"),
-        ({"type": "Settings", "audio": {"input": {"encoding": "linear16"}}, "agent": {}}, "audio.input.sample_rate"),
-        ({"type": "Settings", "audio": {}, "agent": {"think": {"functions": [{}]}}}, "agent.think.functions"),
+        (
+            {"type": "Settings", "audio": {"input": {"encoding": "linear16"}}, "agent": {}},
+            "audio.input.sample_rate",
+        ),
+        (
+            {"type": "Settings", "audio": {}, "agent": {"think": {"functions": [{}]}}},
+            "agent.think.functions",
+        ),
+        (
+            {
+                "type": "Settings",
+                "audio": {},
+                "agent": {"think": {"functions": [{"name": "f", "client_side": True}]}},
+            },
+            "agent.think.functions",
+        ),
     ],
 )
 async def test_agent_malformed_settings_is_error(sim: Sim, body: dict, field: str) -> None:
@@ -339,7 +361,12 @@ async def test_agent_client_side_function_call_round_trip(sim: Sim) -> None:
             call = before[-1]["functions"][0]
             await send_json(
                 ws,
-                {"type": "FunctionCallResponse", "id": call["id"], "name": call["name"], "content": "sunny, 21C"},
+                {
+                    "type": "FunctionCallResponse",
+                    "id": call["id"],
+                    "name": call["name"],
+                    "content": "sunny, 21C",
+                },
             )
             turn = await until(ws, typed("AgentAudioDone"))
     assert types(before) == ["ConversationText", "AgentThinking", "FunctionCallRequest"]
@@ -347,6 +374,20 @@ async def test_agent_client_side_function_call_round_trip(sim: Sim) -> None:
     assert call["name"] == "get_weather" and call["client_side"] is True
     assert orjson.loads(call["arguments"]) == {"text": "please get_weather now"}
     assert turn[0]["role"] == "assistant" and "sunny, 21C" in turn[0]["content"]
+
+
+async def test_agent_server_side_function_is_answered_by_the_agent(sim: Sim) -> None:
+    fn = {"name": "get_time", "endpoint": {"url": "https://example.invalid/fn"}}
+    body = settings(think={"provider": {"type": "open_ai"}, "functions": [fn]})
+    with trio.fail_after(3):
+        async with connect(sim, "/v1/agent/converse") as ws:
+            await applied_agent(ws, body)
+            await send_json(ws, {"type": "InjectUserMessage", "content": "get_time please"})
+            turn = await until(ws, typed("AgentAudioDone"))
+    request = next(m for m in turn if isinstance(m, dict) and m["type"] == "FunctionCallRequest")
+    assert request["functions"][0]["client_side"] is False
+    response = next(m for m in turn if isinstance(m, dict) and m["type"] == "FunctionCallResponse")
+    assert response["id"] == request["functions"][0]["id"] and response["name"] == "get_time"
 
 
 async def test_agent_mic_audio_vad_turn(sim: Sim) -> None:
@@ -358,7 +399,11 @@ async def test_agent_mic_audio_vad_turn(sim: Sim) -> None:
                 await ws.send_message(audio[i : i + 3200])
             turn = await until(ws, typed("AgentAudioDone"))
     assert turn[0] == {"type": "UserStartedSpeaking"}
-    assert turn[1] == {"type": "ConversationText", "role": "user", "content": "audio of 1.2 seconds"}
+    assert turn[1] == {
+        "type": "ConversationText",
+        "role": "user",
+        "content": "audio of 1.2 seconds",
+    }
     assert turn[2] == {
         "type": "ConversationText",
         "role": "assistant",
@@ -441,6 +486,18 @@ async def test_listen_no_interims_without_interim_results(sim: Sim) -> None:
     assert len(got) == 1 and got[0]["is_final"] is True
 
 
+async def test_listen_endpointing_false_gives_utterance_end_without_final(sim: Sim) -> None:
+    query = "encoding=linear16&sample_rate=16000&endpointing=false&utterance_end_ms=500"
+    with trio.fail_after(3):
+        async with connect(sim, "/v1/listen", query) as ws:
+            await send_audio(ws, tone_pcm16(400, rate=16000) + silence_pcm16(600, rate=16000))
+            got = await until(ws, typed("UtteranceEnd"))
+            await send_json(ws, {"type": "Finalize"})
+            flushed = await recv(ws)
+    assert got == [{"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.4}]
+    assert flushed["channel"]["alternatives"][0]["transcript"] == "tone 0.4 seconds"
+
+
 async def test_listen_finalize_flushes_with_from_finalize(sim: Sim) -> None:
     with trio.fail_after(3):
         async with connect(sim, "/v1/listen", "encoding=mulaw&sample_rate=8000") as ws:
@@ -487,7 +544,9 @@ async def test_listen_keepalive_postpones_idle_timeout(sim: Sim) -> None:
 
 async def test_speak_flush_clear_close(sim: Sim) -> None:
     with trio.fail_after(3):
-        async with connect(sim, "/v1/speak", "model=aura-2-thalia-en&encoding=linear16&sample_rate=16000") as ws:
+        async with connect(
+            sim, "/v1/speak", "model=aura-2-thalia-en&encoding=linear16&sample_rate=16000"
+        ) as ws:
             meta = await recv(ws)
             await send_json(ws, {"type": "Speak", "text": "Hello"})
             await send_json(ws, {"type": "Speak", "text": " world"})
@@ -535,13 +594,6 @@ async def test_fault_refuse(sim: Sim) -> None:
     assert info.value.status_code == 503
 
 
-UPGRADE = (
-    "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-    "Authorization: Token {key}\r\n\r\n"
-)
-
-
 async def test_fault_hang_never_answers(sim: Sim) -> None:
     # Raw TCP: trio-websocket's own connect_timeout leaves its reader task waiting forever.
     stream = await trio.open_tcp_stream("127.0.0.1", sim.port)
@@ -575,7 +627,9 @@ async def test_fault_close_after_welcome(sim: Sim) -> None:
 
 async def test_fault_close_reason(sim: Sim) -> None:
     with trio.fail_after(3):
-        async with connect(sim, "/v1/listen", "sim_fault=close_reason:1011&sim_close_reason=upstream+gone") as ws:
+        async with connect(
+            sim, "/v1/listen", "sim_fault=close_reason:1011&sim_close_reason=upstream+gone"
+        ) as ws:
             messages, code, reason = await closed_with(ws)
     assert messages == []
     assert (code, reason) == (1011, "upstream gone")
@@ -665,7 +719,10 @@ def _sdk_agent_exchange(port: int) -> list[Any]:
         agent.send_inject_user_message(AgentV1InjectUserMessage(content="hi from the SDK"))
         for _ in range(50):
             seen.append(agent.recv())
-            if getattr(seen[-1], "type", None) == "ConversationText" and seen[-1].role == "assistant":
+            if (
+                getattr(seen[-1], "type", None) == "ConversationText"
+                and seen[-1].role == "assistant"
+            ):
                 break
     return seen
 
@@ -705,7 +762,9 @@ async def test_official_sdk_listen_exchange(sim: Sim) -> None:
     with trio.fail_after(10):
         seen = await trio.to_thread.run_sync(_sdk_listen_exchange, sim.port, abandon_on_cancel=True)
     results = [m for m in seen if getattr(m, "type", None) == "Results"]
-    assert results[0].is_final and results[0].channel.alternatives[0].transcript == "tone 0.6 seconds"
+    assert (
+        results[0].is_final and results[0].channel.alternatives[0].transcript == "tone 0.6 seconds"
+    )
     assert getattr(seen[-1], "type", None) == "Metadata"
     record = sim.sim.connections[0]
     assert record.path == "/v1/listen"

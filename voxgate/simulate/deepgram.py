@@ -563,8 +563,11 @@ def _settings_problem(msg: Mapping[str, Any]) -> str | None:
         if not isinstance(provider, dict):
             return "agent.think"
         functions = provider.get("functions", [])
+        # A function is client-side by having no ``endpoint``; the schema has no
+        # ``client_side`` flag and the live API refuses Settings that carry one.
         if not isinstance(functions, list) or not all(
-            isinstance(f, dict) and isinstance(f.get("name"), str) for f in functions
+            isinstance(f, dict) and isinstance(f.get("name"), str) and "client_side" not in f
+            for f in functions
         ):
             return "agent.think.functions"
     if "greeting" in agent and not isinstance(agent["greeting"], str):

@@ -595,20 +595,31 @@ class RealtimeSession:
     def next_output(self, now: float) -> str | Close | Drop | float | None:
         if self._idle_deadline is not None and now >= self._idle_deadline:
             self._idle_timeout(now)
-        if self._outbox:
-            head = self._outbox[0]
-            if head.delay > 0 and head.due is None:
-                head.due = now + head.delay
-            if head.due is not None and now < head.due:
-                return self._earliest(head.due)
-            self._outbox.popleft()
-            if head.on_send is not None:
-                head.on_send(now)
-            if isinstance(head.payload, Close | Drop):
-                self._closed = True
-                self._outbox.clear()
-            return head.payload
+        # Order is kept within the session's own events and within a response, but while
+        # a response "thinks" (reply_delay) other events (acks, errors) go ahead of it,
+        # as on the real service.
+        wait: float | None = None
+        for index, out in enumerate(self._outbox):
+            if index == 0 or out.response_id is None:
+                if out.delay > 0 and out.due is None:
+                    out.due = now + out.delay
+                if out.due is None or now >= out.due:
+                    del self._outbox[index]
+                    return self._sent(out, now)
+                wait = out.due if wait is None else min(wait, out.due)
+            if out.response_id is None:
+                break  # a held session event holds every later one
+        if wait is not None:
+            return self._earliest(wait)
         return self._idle_deadline
+
+    def _sent(self, out: _Out, now: float) -> str | Close | Drop:
+        if out.on_send is not None:
+            out.on_send(now)
+        if isinstance(out.payload, Close | Drop):
+            self._closed = True
+            self._outbox.clear()
+        return out.payload
 
     def push(self, event: dict[str, Any] | str) -> None:
         """Queue an arbitrary server frame (tests script upstream behaviour with this);
@@ -1029,6 +1040,7 @@ class RealtimeSession:
         rid = _new_id("resp")
         item_id = _new_id("item")
         call = self._choose_tool(source, tools, tool_choice)
+        text = self._reply_text(source)  # before the reply itself joins the conversation
         if call is not None:
             item: dict[str, Any] = {
                 "id": item_id,
@@ -1101,7 +1113,6 @@ class RealtimeSession:
             )
             item["arguments"] = arguments
         else:
-            text = self._reply_text(source)
             ids["content_index"] = 0
             if modalities == ["audio"]:
                 tag(

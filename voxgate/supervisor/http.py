@@ -71,8 +71,10 @@ async def read_head(
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
     raw = bytearray()
     with trio.move_on_after(timeout) as scope:
-        request = await _next_request(stream, conn, raw)
+        request = await _next_request(stream, conn, raw, max_bytes)
         head_len = len(raw) - len(conn.trailing_data[0])
+        if head_len > max_bytes:
+            raise HeadError(431, "request head too large")
         body = b""
         if request.method != b"GET" and max_body:
             body = await _read_body(stream, conn, raw, max_body)
@@ -98,7 +100,9 @@ async def _receive(stream: trio.abc.ReceiveStream, conn: h11.Connection, raw: by
     conn.receive_data(data)
 
 
-async def _next_request(stream: trio.abc.ReceiveStream, conn: h11.Connection, raw: bytearray) -> h11.Request:
+async def _next_request(
+    stream: trio.abc.ReceiveStream, conn: h11.Connection, raw: bytearray, max_bytes: int
+) -> h11.Request:
     for _ in range(100_000):
         try:
             event = conn.next_event()
@@ -106,6 +110,8 @@ async def _next_request(stream: trio.abc.ReceiveStream, conn: h11.Connection, ra
             status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
             raise HeadError(status, "request head too large" if status == 431 else "malformed request head") from None
         if event is h11.NEED_DATA:
+            if len(raw) > max_bytes:
+                raise HeadError(431, "request head too large")
             await _receive(stream, conn, raw)
             continue
         if isinstance(event, h11.Request):

@@ -181,13 +181,15 @@ class Supervisor:
                         return
 
     async def _drain(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
+        # The listener stays open while sessions drain: /readyz answers 503 so a load
+        # balancer stops sending, and new upgrades get 503 + Retry-After.
         self.draining = True
-        serve_scope.cancel()
         for pool in self.pools.values():
             await pool.drain(self.config.grace)
         with trio.move_on_after(self.config.grace + 5):
             for pool in self.pools.values():
                 await pool.wait_stopped()
+        serve_scope.cancel()
         for pool in self.pools.values():
             pool.kill()
         self.log.info("stopped")

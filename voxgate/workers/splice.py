@@ -231,8 +231,6 @@ class _Splice:
             await fn(*args)
         except Exception:
             self._end("error")
-            if self.d_lock_held or self.d_sending:
-                self.c.broken = True
             self._spawn_close(self.c, 1011, "internal error")
             self._spawn_close(self.up, 1000, "")
 
@@ -287,10 +285,7 @@ class _Splice:
         self.up_ready.set()
 
     def _client_dropped(self) -> None:
-        c = self.c
-        if self.d_lock_held or self.d_sending:
-            c.broken = True
-        c.dead()
+        self.c.dead()
         self._end("client_closed")
         self._spawn_close(self.up, 1000, "")
         if self.up.stream is None:
@@ -302,11 +297,14 @@ class _Splice:
         self._end("upstream_closed")
         self._spawn_close(self.c, 1011, "upstream error")
 
+    def _limit_frames(self, code: str) -> list[bytes] | None:
+        return self.policy.on_limit(code) if self.policy.on_limit else None
+
     def _limit(self, code: str) -> None:
+        """A gateway limit ends the session: on_limit frames, then the limit's close codes."""
         if not self._end("limit:" + code):
             return
-        inject = self.policy.on_limit(code) if self.policy.on_limit else None
-        self._spawn_close(self.c, LIMIT_CLIENT_CODES[code], code, inject)
+        self._spawn_close(self.c, LIMIT_CLIENT_CODES[code], code, self._limit_frames(code))
         self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(code, 1000), code)
 
     async def _drain(self, leg: _Leg) -> None:
@@ -410,7 +408,7 @@ class _Splice:
                 if work is buf:
                     del buf[:consumed]
                 elif consumed < len(work):
-                    buf = bytearray(work[consumed:])
+                    buf = bytearray(memoryview(work)[consumed:])
             if c.in_closed:
                 return
             try:
@@ -527,10 +525,15 @@ class _Splice:
         if kind == "protocol":
             if self._end("protocol_error:client"):
                 self._spawn_close(self.up, 1000, "")
-                await self._close_leg(c, 1002, "protocol error")
-        else:  # message too large
-            self._limit(action[1])
-            await self._close_leg(c, LIMIT_CLIENT_CODES[action[1]], action[1])
+            await self._close_leg(c, 1002, "protocol error")
+        else:  # a message over max_message_bytes
+            limit = action[1]
+            inject = None
+            if self._end("limit:" + limit):
+                inject = self._limit_frames(limit)
+                self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(limit, 1000), limit)
+            await self._close_leg(c, LIMIT_CLIENT_CODES[limit], limit, inject)
+        # The rest of the client's byte stream cannot be parsed any more.
         if c.out_closed and not c.in_closed:
             await self._drain(c)
         else:
@@ -710,20 +713,25 @@ class _Splice:
 
     async def _send_down(self, out: list) -> None:
         c = self.c
-        data = out[0] if len(out) == 1 else b"".join(out)
         if not self.d_lock_held:
+            if c.out_closed:
+                return  # the client leg is closing: upstream frames are dropped
             await c.lock.acquire()
             self.d_lock_held = True
-        if not c.out_closed:
-            self.d_sending = True
-            try:
-                await c.stream.send_all(data)  # type: ignore[union-attr]
-            except _Broken:
-                self.d_sending = False
-                self._release_client_lock()
-                self._client_dropped()
-                return
+        if c.out_closed:
+            self.d_lock_held = False
+            c.lock.release()
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.d_sending = True
+        try:
+            await c.stream.send_all(data)  # type: ignore[union-attr]
+        except _Broken:
             self.d_sending = False
+            self._release_client_lock()
+            self._client_dropped()
+            return
+        self.d_sending = False
         self.down_wire_mid_msg = self.d_msg_op is not None
         if not self.d_rem:
             self.d_lock_held = False
