@@ -41,6 +41,11 @@ class StartupError(Exception):
     """The gateway cannot start; printed as one line, exit 1."""
 
 
+def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Repeatable options also accept comma-separated values (the env var form)."""
+    return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
+
+
 def _float_or_off(value: Any) -> float | None:
     return None if value in (None, 0, 0.0) else float(value)
 
@@ -96,6 +101,25 @@ GATEWAY_OPTIONS: list[Callable] = [
     click.option("--translator-strict/--no-translator-strict", envvar="VOXGATE_TRANSLATOR_STRICT",
                  default=False, show_default=True,
                  help="/openai accepts only Settings, InjectUserMessage, FunctionCallResponse."),
+    click.option("--allowed-origin", "allowed_origins", envvar="VOXGATE_ALLOWED_ORIGINS", multiple=True,
+                 callback=lambda ctx, param, value: _split_list(value),
+                 help="Origin allowed to open sessions (repeatable; env: comma-separated). Unset: any origin."),
+    click.option("--client-token", "client_tokens", envvar="VOXGATE_CLIENT_TOKENS", multiple=True,
+                 callback=lambda ctx, param, value: _split_list(value),
+                 help="Static client token (repeatable; env: comma-separated). Any set: every session needs one."),
+    click.option("--token-secret", envvar="VOXGATE_TOKEN_SECRET", default=None,
+                 help="HMAC secret for short-lived signed tokens minted by POST /v1/tokens."),
+    click.option("--admin-token", envvar="VOXGATE_ADMIN_TOKEN", default=None,
+                 help="Bearer token that authorizes POST /v1/tokens."),
+    click.option("--max-sessions", envvar="VOXGATE_MAX_SESSIONS", type=click.IntRange(1), default=None,
+                 help="Global session cap (over it: 503 + Retry-After)."),
+    click.option("--max-sessions-per-ip", envvar="VOXGATE_MAX_SESSIONS_PER_IP", type=click.IntRange(1), default=None,
+                 help="Concurrent sessions per client IP (over it: 429)."),
+    click.option("--max-new-sessions-per-ip-per-minute", envvar="VOXGATE_MAX_NEW_SESSIONS_PER_IP_PER_MINUTE",
+                 type=click.IntRange(1), default=None, help="New sessions per client IP per minute (token bucket; 429)."),
+    click.option("--trust-proxy-headers/--no-trust-proxy-headers", envvar="VOXGATE_TRUST_PROXY_HEADERS",
+                 default=False, show_default=True,
+                 help="Take the client IP from the last X-Forwarded-For hop (only behind your own proxy)."),
     click.option("--log-level", envvar=["VOXGATE_LOG_LEVEL", "LOG_LEVEL"],
                  type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True),
     click.option("--log-format", envvar="VOXGATE_LOG_FORMAT", type=click.Choice(["text", "json"]),
@@ -137,6 +161,8 @@ def _key(provider: str, key_file: str | None) -> str | None:
 
 def build_config(opts: dict[str, Any]) -> Config:
     """Validate options into a Config; raises ConfigError with a one-line message."""
+    if opts["token_secret"] and not opts["admin_token"]:
+        raise ConfigError("--token-secret needs --admin-token (it authorizes POST /v1/tokens)")
     return Config(
         host=opts["host"],
         port=opts["port"],
@@ -161,6 +187,14 @@ def build_config(opts: dict[str, Any]) -> Config:
         translator_strict=opts["translator_strict"],
         translator_json_passthrough=_env_flag("VOXGATE_TRANSLATOR_CLIENT_JSON_PASSTHROUGH")
         or _env_flag("OPENAI_PROXY_CLIENT_JSON_PASSTHROUGH"),
+        allowed_origins=opts["allowed_origins"],
+        client_tokens=opts["client_tokens"],
+        token_secret=(opts["token_secret"] or "").strip() or None,
+        admin_token=(opts["admin_token"] or "").strip() or None,
+        max_sessions=opts["max_sessions"],
+        max_sessions_per_ip=opts["max_sessions_per_ip"],
+        max_new_sessions_per_ip_per_minute=opts["max_new_sessions_per_ip_per_minute"],
+        trust_proxy_headers=opts["trust_proxy_headers"],
         log_level=opts["log_level"].lower(),
         log_format=opts["log_format"],
     )
@@ -193,6 +227,11 @@ def endpoint_lines(config: Config, *, tls: bool = False) -> list[str]:
 
 def startup_notes(config: Config) -> list[str]:
     notes = []
+    if not config.allowed_origins:
+        notes.append("note: any origin may connect (set --allowed-origin to restrict)")
+    if not (config.client_tokens or config.token_secret):
+        notes.append("note: client authentication is off: anyone who reaches this port can open sessions "
+                     "(set --client-token or --token-secret)")
     for provider in (OPENAI, DEEPGRAM):
         var = KEY_VARS[provider]
         if not config.enabled(provider) and os.environ.get(f"VITE_{var}"):
@@ -240,8 +279,8 @@ def serve(**opts: Any) -> None:
     config = build_config(opts)
     if not config.enabled_providers:
         raise StartupError(NO_KEY_MESSAGE)
-    logs.register_secret(config.openai_key)
-    logs.register_secret(config.deepgram_key)
+    for secret in config.secrets():
+        logs.register_secret(secret)
     log = logs.setup("supervisor", level=config.log_level, fmt=config.log_format)
     trio.run(_serve, config, log)
 

@@ -23,6 +23,7 @@ NO_KEY_MESSAGE = (
     "(set it in the environment, a .env file, or --openai-key-file/--deepgram-key-file)"
 )
 WORKER_CONFIG_ENV = "VOXGATE_WORKER_CONFIG"
+SECRET_FIELDS = ("openai_key", "deepgram_key", "client_tokens", "token_secret", "admin_token")
 RESERVED_PATHS = ("/openai", "/healthz", "/health", "/readyz", "/ready", "/metrics", "/v1/tokens")
 
 
@@ -105,6 +106,21 @@ class Config:
     translator_json_passthrough: bool = False
     log_level: str = "info"
     log_format: str = "text"
+    allowed_origins: tuple[str, ...] = ()
+    client_tokens: tuple[str, ...] = field(default=(), repr=False)
+    token_secret: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    max_sessions: int | None = None
+    max_sessions_per_ip: int | None = None
+    max_new_sessions_per_ip_per_minute: int | None = None
+    trust_proxy_headers: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def secrets(self) -> list[str]:
+        """Every secret this config holds, for log scrubbing."""
+        values = [self.openai_key, self.deepgram_key, self.token_secret, self.admin_token, *self.client_tokens]
+        return [v for v in values if v]
 
     def key_for(self, provider: str) -> str | None:
         return self.openai_key if provider == OPENAI else self.deepgram_key
@@ -119,14 +135,15 @@ class Config:
     def to_worker_json(self) -> str:
         """Non-secret settings for a worker process."""
         data = dataclasses.asdict(self)
-        data.pop("openai_key")
-        data.pop("deepgram_key")
+        for secret in SECRET_FIELDS:
+            data.pop(secret)
         return orjson.dumps(data).decode()
 
     @classmethod
     def for_worker(cls, provider: str) -> Config:
         """Rebuild the config inside a worker from its environment."""
         data = orjson.loads(os.environ[WORKER_CONFIG_ENV])
+        data["allowed_origins"] = tuple(data.get("allowed_origins", ()))
         key = normalize_key(provider, os.environ.get(KEY_VARS[provider]))
         data["openai_key" if provider == OPENAI else "deepgram_key"] = key
         return cls(**data)

@@ -504,6 +504,46 @@ async def test_turn_detection_null_means_manual_commit_and_clear(sim: OpenAISimu
     assert transcript["transcript"] == "You said: audio of 0.3 seconds"
 
 
+async def test_large_append_and_g711_output(sim: OpenAISimulator) -> None:
+    async with connect(sim) as client:
+        await client.recv()
+        await client.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {
+                        "input": {"turn_detection": None},
+                        "output": {"format": {"type": "audio/pcmu"}},
+                    },
+                },
+            }
+        )
+        await client.until("session.updated")
+        await client.append(silence_pcm16(25_000), chunk_ms=25_000)  # 1.2 MB in one message
+        await client.send({"type": "input_audio_buffer.commit"})
+        assert (await client.recv())["type"] == "input_audio_buffer.committed"
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+    audio = b"".join(
+        base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
+    )
+    assert len(audio) == 8 * 300  # 300 ms of 8 kHz mu-law, one byte per sample
+    assert events[-1]["response"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}
+
+
+async def test_invalid_item_is_an_error(sim: OpenAISimulator) -> None:
+    async with connect(sim) as client:
+        await client.recv()
+        await client.send({"type": "conversation.item.create", "item": {"role": "user"}})
+        error = (await client.recv())["error"]
+        assert (error["code"], error["param"]) == ("missing_required_parameter", "item.type")
+        bad_role = {"type": "message", "role": "robot", "content": []}
+        await client.send({"type": "conversation.item.create", "item": bad_role})
+        error = (await client.recv())["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "item.role")
+
+
 async def test_function_call_round_trip(sim: OpenAISimulator) -> None:
     tool = {
         "type": "function",
@@ -675,6 +715,83 @@ def test_idle_timeout_triggers_commit_and_response_sans_io() -> None:
     assert session.next_output(7.0) == 13.0
 
 
+def test_every_event_matches_the_sdk_schema() -> None:
+    """Each server event the simulator produces validates as the SDK's own event model."""
+    import pydantic
+    from openai.types.realtime import RealtimeServerEvent
+
+    adapter = pydantic.TypeAdapter(RealtimeServerEvent)
+    session = RealtimeSession()
+    events = drain(session, 0.0)
+
+    def send(event: dict[str, Any], now: float = 0.0) -> None:
+        session.receive(json.dumps(event), now)
+        events.extend(drain(session, now))
+
+    tool = {"type": "function", "name": "get_time", "parameters": {}}
+    send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "tools": [tool],
+                "audio": {
+                    "input": {
+                        "transcription": {"model": "gpt-4o-transcribe"},
+                        "turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000},
+                    }
+                },
+            },
+        }
+    )
+    send(user_text("get time please"))
+    send({"type": "response.create"})
+    call_id = events[-3]["item"]["call_id"]
+    output = {"type": "function_call_output", "call_id": call_id, "output": "noon"}
+    send({"type": "conversation.item.create", "item": output})
+    send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    audio = base64.b64encode(tone_pcm16(500) + silence_pcm16(400)).decode()
+    send({"type": "input_audio_buffer.append", "audio": audio})
+    session.receive(json.dumps({"type": "response.create"}), 0.0)  # queued, not yet sent
+    send({"type": "input_audio_buffer.append", "audio": base64.b64encode(tone_pcm16(100)).decode()})
+    send({"type": "input_audio_buffer.clear"})
+    send({"type": "nope"})
+    events.extend(drain(session, 100.0))  # idle timeout fires
+    for event in events:
+        adapter.validate_python(event)
+    assert {
+        "session.created",
+        "session.updated",
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_audio.delta",
+        "response.output_audio.done",
+        "response.output_audio_transcript.delta",
+        "response.output_audio_transcript.done",
+        "response.done",
+        "rate_limits.updated",
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "input_audio_buffer.cleared",
+        "input_audio_buffer.timeout_triggered",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+        "error",
+    } <= set(types(events))
+    statuses = [e["response"]["status"] for e in events if e["type"] == "response.done"]
+    assert "cancelled" in statuses and "completed" in statuses
+
+
 # ---------------------------------------------------------------------------------------
 # Faults
 
@@ -806,7 +923,7 @@ async def test_openai_sdk_completes_a_text_turn(sim: OpenAISimulator) -> None:
         return asyncio.run(asyncio.wait_for(sdk_session(sim.port), TIMEOUT))
 
     with trio.fail_after(TIMEOUT + 2):
-        seen = await trio.to_thread.run_sync(run_in_thread)
+        seen = await trio.to_thread.run_sync(run_in_thread, abandon_on_cancel=True)
     assert seen[:2] == ["session.created", "session.updated"]
     assert "You said: hi from the sdk" in seen
     assert seen[-2:] == ["response.done", "completed"]

@@ -39,7 +39,8 @@ Serving
     (trio-websocket's ``wrap_server_stream`` on the raw stream), appends a
     ``ConnectionRecord`` to ``records``, applies handshake faults, then awaits
     ``handler(conn: SimConnection)``. The raw TCP stream is always closed afterwards (also
-    after a reject, which trio-websocket alone leaves open). Runs until cancelled.
+    after a reject, which trio-websocket alone leaves open). Messages up to 16 MiB are
+    accepted (``MAX_MESSAGE_BYTES``). Runs until cancelled.
     ``SimConnection`` - what a handler gets: ``record``, ``stream``, ``ws`` (after accept),
     ``async reject(status, body, *, headers=())`` (body: bytes, str or JSON-able object),
     ``async accept(subprotocol=None)``, ``async send(message)``, ``async receive()`` (raises
@@ -119,6 +120,10 @@ FAULT_KINDS: dict[str, bool] = {
 }
 
 HANDSHAKE_FAULTS = frozenset({"refuse", "hang", "delay"})
+
+# Real providers take large audio messages (OpenAI: appends up to 15 MiB); trio-websocket's
+# 1 MiB default would close such connections with 1009.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -369,7 +374,11 @@ async def _read_request(
 
             async def get() -> None:
                 nonlocal request
-                request = await wrap_server_stream(shim, stream)  # type: ignore[arg-type]
+                request = await wrap_server_stream(
+                    shim,  # type: ignore[arg-type]
+                    stream,
+                    max_message_size=MAX_MESSAGE_BYTES,
+                )
                 race.cancel_scope.cancel()
 
             async def watch() -> None:

@@ -947,6 +947,8 @@ class RealtimeSession:
         self._buffer.clear()
         self._vad = _Vad()
         self._push(self._event("input_audio_buffer.cleared"))
+        if not self.response_active:
+            self._arm_idle(now)  # a cleared turn counts as silence from here
 
     def _arm_idle(self, now: float) -> None:
         td = self._turn_detection()

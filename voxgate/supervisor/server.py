@@ -7,15 +7,25 @@ it never parses a WebSocket frame.
 
 from __future__ import annotations
 
+import hmac
 import signal
 import uuid
+from collections import Counter
 from typing import Any
 
+import orjson
 import trio
 
 from voxgate.config import KEY_VARS, Config
 from voxgate.control import ChannelClosed
 from voxgate.logs import EventLog
+from voxgate.supervisor.admission import (
+    TOKEN_TTL_DEFAULT,
+    TOKEN_TTL_MAX,
+    Admission,
+    AdmissionConfig,
+    mint_token,
+)
 from voxgate.supervisor.http import Head, HeadError, read_head, response
 from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
 from voxgate.supervisor.workers import ProviderPool, Worker
@@ -36,6 +46,18 @@ class Supervisor:
         self.draining = False
         self.tls = False
         self.port = config.port
+        self.admission = Admission(
+            AdmissionConfig(
+                allowed_origins=config.allowed_origins,
+                client_tokens=config.client_tokens,
+                token_secret=config.token_secret,
+                max_sessions=config.max_sessions,
+                max_sessions_per_ip=config.max_sessions_per_ip,
+                max_new_sessions_per_ip_per_minute=config.max_new_sessions_per_ip_per_minute,
+                trust_proxy_headers=config.trust_proxy_headers,
+            )
+        )
+        self.rejections: Counter[str] = Counter()
 
     # -- plain HTTP ---------------------------------------------------------------------
 
@@ -64,8 +86,54 @@ class Supervisor:
         }
         return (200 if ok else 503), body
 
+    def cors_preflight(self, head: Head) -> bytes:
+        """P25: 204 with CORS headers for an allowed Origin, else 403."""
+        origin = head.header("origin")
+        if origin is None or not self.admission.origin_allowed(origin):
+            return response(403, "Origin not allowed", tls=self.tls)
+        headers = [
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+            ("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Trace-Id, X-Request-Id"),
+            ("Vary", "Origin"),
+        ]
+        return response(204, headers=headers, tls=self.tls)
+
+    def mint(self, head: Head) -> bytes:
+        """POST /v1/tokens: a signed short-lived client token, for holders of the admin token."""
+        cfg = self.config
+        if not cfg.token_secret or not cfg.admin_token:
+            return response(404, "Not Found", tls=self.tls)
+        auth = head.header("authorization") or ""
+        given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
+        if not hmac.compare_digest(given, cfg.admin_token.encode()):
+            self.rejections["admin_token"] += 1
+            return response(401, {"error": "unauthorized", "message": "admin token required"}, tls=self.tls)
+        try:
+            body = orjson.loads(head.body) if head.body.strip() else {}
+        except orjson.JSONDecodeError:
+            return response(400, {"error": "bad_request", "message": "body must be JSON"}, tls=self.tls)
+        if not isinstance(body, dict):
+            return response(400, {"error": "bad_request", "message": "body must be a JSON object"}, tls=self.tls)
+        ttl = body.get("ttl", TOKEN_TTL_DEFAULT)
+        origin = body.get("origin")
+        provider = body.get("provider")
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= TOKEN_TTL_MAX:
+            return response(400, {"error": "bad_request", "message": f"ttl must be 1..{TOKEN_TTL_MAX} seconds"}, tls=self.tls)
+        if origin is not None and not isinstance(origin, str):
+            return response(400, {"error": "bad_request", "message": "origin must be a string"}, tls=self.tls)
+        if provider is not None and provider not in ("openai", "deepgram"):
+            return response(400, {"error": "bad_request", "message": "provider must be openai or deepgram"}, tls=self.tls)
+        token, expires = mint_token(cfg.token_secret, ttl=ttl, origin=origin, provider=provider)
+        return response(200, {"token": token, "expires_at": expires, "ttl": ttl}, tls=self.tls)
+
     def http_answer(self, head: Head, path: str) -> bytes:
         endpoint = HTTP_ENDPOINTS.get(path)
+        if head.method == "OPTIONS":
+            return self.cors_preflight(head)
+        if head.method == "POST" and endpoint == "tokens":
+            return self.mint(head)
         if head.method not in ("GET", "HEAD") or endpoint is None:
             if self.router.websocket_route(path, []) is not None and head.method == "GET":
                 return response(426, "Upgrade Required", headers=[("Upgrade", "websocket")], tls=self.tls)
@@ -101,7 +169,9 @@ class Supervisor:
 
     async def _handle(self, stream: trio.SocketStream) -> bool:
         try:
-            head = await read_head(stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout)
+            head = await read_head(
+                stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout, max_body=8192
+            )
         except HeadError as exc:
             self.log.info("request rejected", status=exc.status, reason=exc.detail)
             await self._send(stream, response(exc.status, tls=self.tls))
@@ -121,18 +191,37 @@ class Supervisor:
             await self._send(stream, response(503, body, tls=self.tls))
             return False
         if self.draining:
+            self.rejections["draining"] += 1
             await self._send(stream, response(503, {"error": "draining"}, headers=[("Retry-After", "5")], tls=self.tls))
             return False
-        return await self._hand_off(stream, head, route, pool, query)
+        ip = self.admission.client_ip(head, stream.socket.getpeername()[0])
+        rejection = self.admission.check(
+            head, query, route.provider, ip,
+            total_sessions=self.total_sessions(), ip_sessions=self.ip_sessions(ip), now=trio.current_time(),
+        )
+        if rejection is not None:
+            self.rejections[rejection.reason] += 1
+            self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason, ip=ip)
+            await self._send(stream, response(rejection.status, rejection.body(), headers=rejection.headers(), tls=self.tls))
+            return False
+        return await self._hand_off(stream, head, route, pool, query, ip)
+
+    def total_sessions(self) -> int:
+        return sum(w.load for pool in self.pools.values() for w in pool.workers())
+
+    def ip_sessions(self, ip: str) -> int:
+        return sum(
+            1 for pool in self.pools.values() for w in pool.workers() for peer in w.sessions.values() if peer == ip
+        )
 
     async def _hand_off(
-        self, stream: trio.SocketStream, head: Head, route: Route, pool: ProviderPool, query: list[tuple[str, str]]
+        self, stream: trio.SocketStream, head: Head, route: Route, pool: ProviderPool,
+        query: list[tuple[str, str]], ip: str,
     ) -> bool:
         sid = uuid.uuid4().hex[:16]
-        peer = stream.socket.getpeername()
         trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
         header = {
-            "t": "conn", "sid": sid, "route": route.kind, "peer": peer[0], "port": peer[1],
+            "t": "conn", "sid": sid, "route": route.kind, "peer": ip,
             "head_len": head.head_len, "trace": trace[:128],
         }
         for _ in range(HANDOFF_ATTEMPTS):

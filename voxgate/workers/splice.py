@@ -25,6 +25,7 @@ complete server frames costs one header parse per frame and no copy. See frames.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -207,7 +208,7 @@ class _Splice:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._guard, self._connect_task)
-            nursery.start_soon(self._guard, self._c2u)
+            nursery.start_soon(functools.partial(self._guard, self._c2u, reads=self.c))
             p = self.policy
             if p.idle_timeout or p.max_session_seconds or p.client_keepalive:
                 nursery.start_soon(self._guard, self._timers)
@@ -225,14 +226,22 @@ class _Splice:
         if leg.stream is not None:
             await trio.aclose_forcefully(leg.stream)
 
-    async def _guard(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
-        """Run a session task; an unexpected exception ends the session, never the worker."""
+    async def _guard(self, fn: Callable[..., Awaitable[None]], *args: object, reads: _Leg | None = None) -> None:
+        """Run a session task; an unexpected exception ends the session, never the worker.
+        `reads` is the leg the task was parsing: its stream can no longer be parsed, so after
+        our close it is drained until the peer's EOF."""
         try:
             await fn(*args)
         except Exception:
             self._end("error")
-            self._spawn_close(self.c, 1011, "internal error")
-            self._spawn_close(self.up, 1000, "")
+            closes = {self.c: (1011, "internal error"), self.up: (1000, "")}
+            for leg, (code, reason) in closes.items():
+                if leg is not reads:
+                    self._spawn_close(leg, code, reason)
+            if reads is not None:
+                await self._close_leg(reads, *closes[reads])
+                if not reads.in_closed:
+                    await self._drain(reads)
 
     def _end(self, reason: str) -> bool:
         """Record why the session ends (first cause wins); False if it was already ending."""
@@ -311,7 +320,9 @@ class _Splice:
         """After failing a leg (its byte stream can no longer be parsed): let the peer see
         EOF after our close frame, discard what it still sends, and stop at its EOF."""
         stream = leg.stream
-        assert stream is not None
+        if stream is None:
+            leg.dead()
+            return
         if isinstance(stream, trio.abc.HalfCloseableStream):
             try:
                 async with leg.lock:
@@ -369,7 +380,7 @@ class _Splice:
             return
         finally:
             self.up_ready.set()
-        self.nursery.start_soon(self._guard, self._u2c, buffered)
+        self.nursery.start_soon(functools.partial(self._guard, self._u2c, buffered, reads=self.up))
 
     def _upstream_failed(self, err: UpstreamConnectError) -> None:
         if not self._end("upstream_failed:" + err.kind):

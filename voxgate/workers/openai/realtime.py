@@ -13,7 +13,12 @@ import orjson
 
 from voxgate.config import Config
 from voxgate.workers.errors import UpstreamConnectError
-from voxgate.workers.passthrough import GATEWAY_PARAMS, UpstreamProfile, auth_subprotocol, strip_params
+from voxgate.workers.passthrough import (
+    GATEWAY_PARAMS,
+    UpstreamProfile,
+    auth_subprotocol,
+    strip_params,
+)
 from voxgate.workers.runtime import Session
 
 

@@ -11,8 +11,9 @@ trio-websocket runs its reader tasks in the nursery we give it; a fault inside t
 from __future__ import annotations
 
 import uuid
-from urllib.parse import urlencode
 from collections.abc import Callable
+from functools import partial
+from urllib.parse import urlencode
 
 import trio
 import trio_websocket as tws
@@ -131,7 +132,7 @@ class TranslatorSession:
             await trio.sleep(seconds)
             if self.timers.get(name) is scope:
                 del self.timers[name]
-                await self.feed(lambda: self.core.timer_expired(name))
+                await self.feed(partial(self.core.timer_expired, name))
 
     # -- the legs -----------------------------------------------------------------------
 
@@ -171,7 +172,7 @@ class TranslatorSession:
             self.session.counters.upstream_failures[err.kind] += 1
             self.session.log.warning("upstream failed", kind=err.kind, status=err.status)
             self.upstream_closed = True
-            await self.feed(lambda: self.core.upstream_failed(auth=err.auth))
+            await self.feed(partial(self.core.upstream_failed, auth=err.auth))
             self.done.set()
             return
         latency = trio.current_time() - started
@@ -191,18 +192,18 @@ class TranslatorSession:
             try:
                 message = await self.client.get_message()
             except tws.ConnectionClosed as exc:
-                reason = exc.reason
+                code, text = _close_info(exc)
                 self.client_closed = True
-                self.session.summary["client_code"] = reason.code if reason else None
-                await self.feed(lambda: self.core.client_closed(reason.code if reason else None, reason.reason or "" if reason else ""))
+                self.session.summary["client_code"] = code
+                await self.feed(partial(self.core.client_closed, code, text))
                 self.done.set()
                 return
             self.last_client_activity = trio.current_time()
             if len(message) > limit:
-                await self.feed(lambda: self.core.gateway_limit("message_too_large"))
+                await self.feed(partial(self.core.gateway_limit, "message_too_large"))
                 self.done.set()
                 return
-            await self.feed(lambda m=message: self.core.client_message(m))
+            await self.feed(partial(self.core.client_message, message))
 
     async def _read_upstream(self) -> None:
         assert self.upstream is not None
@@ -210,13 +211,13 @@ class TranslatorSession:
             try:
                 message = await self.upstream.get_message()
             except tws.ConnectionClosed as exc:
-                reason = exc.reason
+                code, text = _close_info(exc)
                 self.upstream_closed = True
-                self.session.summary["upstream_code"] = reason.code if reason else None
-                await self.feed(lambda: self.core.upstream_closed(reason.code if reason else None, reason.reason or "" if reason else ""))
+                self.session.summary["upstream_code"] = code
+                await self.feed(partial(self.core.upstream_closed, code, text))
                 self.done.set()
                 return
-            await self.feed(lambda m=message: self.core.upstream_message(m))
+            await self.feed(partial(self.core.upstream_message, message))
 
     async def _limits(self) -> None:
         """Idle timeout, max duration and drain, each ending with the core's Error + close."""
@@ -238,9 +239,16 @@ class TranslatorSession:
                 code = next((c for d, c in deadlines if d <= now), None)
             if code is not None:
                 self.session.log.info("gateway limit", limit=code)
-                await self.feed(lambda c=code: self.core.gateway_limit(c))
+                await self.feed(partial(self.core.gateway_limit, code))
                 self.done.set()
                 return
+
+
+def _close_info(exc: tws.ConnectionClosed) -> tuple[int | None, str]:
+    reason = exc.reason
+    if reason is None:
+        return None, ""
+    return reason.code, reason.reason or ""
 
 
 def _classify(exc: BaseException) -> UpstreamConnectError:
