@@ -213,7 +213,7 @@ async def test_no_key_piece_in_debug_logs_or_client_bytes(dg, sim):
         await refused.expect_close()
         record = sim.connections[0]
         await record.closed.wait()
-    await trio.to_thread.run_sync(gw.wait_for_output, "session closed.*session closed")
+    await trio.to_thread.run_sync(gw.wait_for_output, "(?s)session closed.*session closed")
     assert record.header("authorization") == f"Token {KEY}"
     assert all(CLIENT_TOKEN not in v for _, v in record.query)
     assert not key_leaks(KEY, gw.output, bytes(client.wire), bytes(refused.wire))
@@ -304,8 +304,8 @@ async def test_client_close_codes_reach_the_upstream(dg, sim, how, upstream_code
             code = None if how == "no-status" else int(how)
             reason = b"" if code is None else b"bye now"
             await client.send_frame(OP_CLOSE, close_payload(code, reason))
-            got = await client.expect_close()
-            assert got[0] == (code or 1000) or (code is None and got[0] is None)
+            got = await client.expect_close(reply=False)
+            assert got[0] == code  # the client's own close is echoed
             await client.wait_eof()
         await record.closed.wait()
     assert record.close_code == upstream_code
@@ -354,7 +354,8 @@ async def test_wrong_gateway_key_is_upstream_auth_failed(dg, sim):
         assert orjson.loads(payload)["code"] == "upstream_auth_failed"
         assert (await client.expect_close())[0] == 1008
         listen = await dg.connect(gw, LISTEN)
-        assert await listen.recv() == (OP_CLOSE, close_payload(1008, b"upstream auth failed"))
+        op, payload = await listen.recv()
+        assert (op, payload[:2]) == (OP_CLOSE, close_payload(1008))
 
 
 async def test_upstream_failures_listen_and_speak_get_a_close_only(dg, sim):
@@ -396,7 +397,7 @@ async def test_client_leaving_during_upstream_connect_closes_the_upstream_at_onc
             await client.aclose()
         else:
             await client.send_frame(OP_CLOSE, close_payload(1000))
-            assert (await client.expect_close())[0] == 1000
+            assert (await client.expect_close(reply=False))[0] == 1000
             await client.wait_eof()
         await record.closed.wait()
         assert trio.current_time() - t0 < 1.0

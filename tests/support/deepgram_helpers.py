@@ -26,7 +26,7 @@ import trio
 from tests.support.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient, close_code, upgrade_request
 
 KEY = "vgK7qXw2mZpR4tLs9NcY3bHd6FjW8eUaQ5oTiV1xEz"
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B57"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 SETTINGS = {
     "type": "Settings",
@@ -115,13 +115,19 @@ class DGClient(RawClient):
                 return seen
         raise AssertionError(f"no {kind} in {limit} messages")
 
-    async def expect_close(self) -> tuple[int | None, bytes]:
-        """Skip data until the close frame; (code, reason bytes); then the server ends TCP."""
+    async def expect_close(self, *, reply: bool = True) -> tuple[int | None, bytes]:
+        """Skip data until the server's close frame, answer it like a well-behaved client
+        (unless `reply` is False or we closed first); (code, reason bytes)."""
         for _ in range(500):
             got = await self.recv_message()
             assert got is not None, "TCP ended without a close frame"
             op, payload = got
             if op == OP_CLOSE:
+                if reply:
+                    try:
+                        await self.send_frame(OP_CLOSE, payload[:2])
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
                 return close_code(payload), payload[2:]
         raise AssertionError("no close frame")
 

@@ -36,7 +36,9 @@ def settings_with_audio(input_: dict | None = None, output: dict | None = None, 
 
 
 def appended(out) -> list[bytes]:
-    return [base64.b64decode(e["audio"]) for e in out.up if e["type"] == "input_audio_buffer.append"]
+    return [
+        base64.b64decode(e["audio"]) for e in out.up if e["type"] == "input_audio_buffer.append"
+    ]
 
 
 def assistant_texts(out) -> list[str]:
@@ -147,7 +149,11 @@ def test_d4_unsupported_input_format_is_not_forwarded():
 def test_d5_output_24k_passes_through_and_16k_is_resampled():
     pcm = np.full(480, 1000, dtype="<i2").tobytes()
     h = Harness()
-    h.ready(settings_with_audio(output={"encoding": "linear16", "sample_rate": 24000, "container": "none"}))
+    h.ready(
+        settings_with_audio(
+            output={"encoding": "linear16", "sample_rate": 24000, "container": "none"}
+        )
+    )
     assert h.up(audio_delta(pcm)).binary == [pcm]
     h = Harness()
     h.ready(settings_with_audio(output={"encoding": "linear16", "sample_rate": 16000}))
@@ -226,7 +232,9 @@ def test_d8_realtime_model_kept_other_replaced_by_connect_model():
     assert h.session()["model"] == "gpt-realtime-mini"
     assert any(log.level == "debug" and "model" in log.message for log in h.all.logs)
     h = Harness()
-    h.ready({"type": "Settings", "agent": {"think": {"provider": {"model": "gpt-realtime-2025-08-28"}}}})
+    h.ready(
+        {"type": "Settings", "agent": {"think": {"provider": {"model": "gpt-realtime-2025-08-28"}}}}
+    )
     assert h.session()["model"] == "gpt-realtime-2025-08-28"
 
 
@@ -253,7 +261,9 @@ def test_d10_transcription_language():
 # --- client messages -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("msg", [{"type": "InjectUserMessage"}, {"type": "InjectUserMessage", "content": 5}])
+@pytest.mark.parametrize(
+    "msg", [{"type": "InjectUserMessage"}, {"type": "InjectUserMessage", "content": 5}]
+)
 def test_d11_inject_without_string_content(msg):
     h = Harness()
     h.open()
@@ -326,7 +336,11 @@ def test_d13_inject_agent_message_text_only_and_echo_suppressed():
     assert out.up == [
         {
             "type": "conversation.item.create",
-            "item": {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Still there?"}]},
+            "item": {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Still there?"}],
+            },
         }
     ]
     assert out.client == [
@@ -348,7 +362,9 @@ def test_d13_inject_agent_message_refused_while_busy():
     assert out.client == [{"type": "InjectionRefused"}] and out.up == []
     h.up({"type": "input_audio_buffer.speech_stopped"})
     h.up({"type": "response.created", "response": {"id": "r"}})
-    assert h.client({"type": "InjectAgentMessage", "message": "x"}).client_types == ["InjectionRefused"]
+    assert h.client({"type": "InjectAgentMessage", "message": "x"}).client_types == [
+        "InjectionRefused"
+    ]
     assert h.client({"type": "InjectAgentMessage"}).error_codes == ["invalid_client_message"]
 
 
@@ -395,7 +411,9 @@ def test_d15_strict_mode_restores_the_allow_list(kind):
     assert f'"{kind}"' in out.errors[0]["description"]
     assert out.up == []
     assert h.client({"type": "KeepAlive"}).client == []
-    assert h.client({"type": "InjectUserMessage", "content": "q"}).up_types == ["conversation.item.create"]
+    assert h.client({"type": "InjectUserMessage", "content": "q"}).up_types == [
+        "conversation.item.create"
+    ]
 
 
 def test_d16_passthrough_forwards_unknown_json_verbatim():
@@ -416,9 +434,27 @@ def test_d17_only_the_injects_own_item_binds():
     h.client({"type": "InjectUserMessage", "content": "q"})
     for event in (
         assistant_item("a1", "hello", event="conversation.item.added"),
-        {"type": "conversation.item.added", "item": {"id": "v1", "type": "message", "role": "user", "content": [{"type": "input_audio"}]}},
-        {"type": "conversation.item.added", "item": {"id": "f1", "type": "function_call_output", "call_id": "c"}},
-        {"type": "conversation.item.added", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "q"}]}},
+        {
+            "type": "conversation.item.added",
+            "item": {
+                "id": "v1",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_audio"}],
+            },
+        },
+        {
+            "type": "conversation.item.added",
+            "item": {"id": "f1", "type": "function_call_output", "call_id": "c"},
+        },
+        {
+            "type": "conversation.item.added",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "q"}],
+            },
+        },
     ):
         assert "response.create" not in h.up(event).up_types
     assert h.up(user_item("u1")).up_types == ["response.create"]
@@ -466,7 +502,13 @@ def test_d19_every_create_is_tagged_and_a_refused_create_is_requeued():
     create = next(e for e in h.all.up if e["type"] == "response.create")
     assert create["event_id"].startswith("vg_")
     out = h.up(
-        {"type": "error", "error": {"code": "conversation_already_has_active_response", "event_id": create["event_id"]}}
+        {
+            "type": "error",
+            "error": {
+                "code": "conversation_already_has_active_response",
+                "event_id": create["event_id"],
+            },
+        }
     )
     assert out.client == [] and out.up == []
     out = h.up({"type": "response.done", "response": {"id": "vad_resp"}})
@@ -488,7 +530,12 @@ def test_d19_error_not_about_our_create_changes_nothing():
     h.ready()
     h.inject("q", "u1")
     h.up({"type": "response.created", "response": {"id": "r1"}})
-    out = h.up({"type": "error", "error": {"code": "conversation_already_has_active_response", "event_id": "client_x"}})
+    out = h.up(
+        {
+            "type": "error",
+            "error": {"code": "conversation_already_has_active_response", "event_id": "client_x"},
+        }
+    )
     assert out.client == [] and out.up == []
     h.up({"type": "response.done", "response": {"id": "r1"}})
     assert h.all.up_types.count("response.create") == 1
@@ -497,7 +544,16 @@ def test_d19_error_not_about_our_create_changes_nothing():
 def test_d20_agent_started_before_item_text():
     h = Harness()
     h.ready()
-    out = h.up({"type": "conversation.item.added", "item": {"id": "a", "role": "assistant", "content": [{"type": "function_call", "name": "f", "arguments": "{}"}]}})
+    out = h.up(
+        {
+            "type": "conversation.item.added",
+            "item": {
+                "id": "a",
+                "role": "assistant",
+                "content": [{"type": "function_call", "name": "f", "arguments": "{}"}],
+            },
+        }
+    )
     assert out.client == [
         {"type": "AgentStartedSpeaking"},
         {"type": "ConversationText", "role": "assistant", "content": "Function call: f({})"},
@@ -511,7 +567,13 @@ def test_d21_no_assistant_text_of_an_inject_turn_before_its_echo():
     h.inject("q", "u1")
     h.up({"type": "response.done", "response": {"id": "r1"}})
     h.up({"type": "response.created", "response": {"id": "r2"}})
-    h.up({"type": "response.output_audio_transcript.done", "response_id": "r2", "transcript": "Answer"})
+    h.up(
+        {
+            "type": "response.output_audio_transcript.done",
+            "response_id": "r2",
+            "transcript": "Answer",
+        }
+    )
     client = h.all.client
     echo = client.index({"type": "ConversationText", "role": "user", "content": "q"})
     answer = client.index({"type": "ConversationText", "role": "assistant", "content": "Answer"})
@@ -521,7 +583,14 @@ def test_d21_no_assistant_text_of_an_inject_turn_before_its_echo():
 def test_d22_done_pair_of_the_ending_response_before_the_deferred_create():
     h = Harness()
     h.ready()
-    h.up({"type": "response.function_call_arguments.done", "call_id": "c1", "name": "f", "arguments": "{}"})
+    h.up(
+        {
+            "type": "response.function_call_arguments.done",
+            "call_id": "c1",
+            "name": "f",
+            "arguments": "{}",
+        }
+    )
     h.client({"type": "FunctionCallResponse", "id": "c1", "content": "r"})
     out = h.up({"type": "response.output_text.done"})
     assert out.client_types == ["AgentDone", "AgentAudioDone"]
@@ -529,7 +598,12 @@ def test_d22_done_pair_of_the_ending_response_before_the_deferred_create():
     assert sends == ["SendClient", "SendClient", "SendUpstream"]
     # the new response still gets its own signals
     out = h.up({"type": "response.output_text.done", "text": "Hello from mock"})
-    assert out.client_types == ["AgentStartedSpeaking", "ConversationText", "AgentDone", "AgentAudioDone"]
+    assert out.client_types == [
+        "AgentStartedSpeaking",
+        "ConversationText",
+        "AgentDone",
+        "AgentAudioDone",
+    ]
 
 
 def test_d23_text_done_then_response_done_of_the_same_response():
@@ -538,7 +612,12 @@ def test_d23_text_done_then_response_done_of_the_same_response():
     h.inject("q", "u1")
     h.up({"type": "response.created", "response": {"id": "r1"}})
     h.up({"type": "response.output_text.done", "response_id": "r1", "item_id": "a1", "text": "T"})
-    out = h.up({"type": "response.done", "response": {"id": "r1", "output": [assistant_item("a1", "T")["item"]]}})
+    out = h.up(
+        {
+            "type": "response.done",
+            "response": {"id": "r1", "output": [assistant_item("a1", "T")["item"]]},
+        }
+    )
     assert out.client == []
     assert h.all.client_types.count("AgentDone") == 1
     assert assistant_texts(h.all) == ["T"]
@@ -548,15 +627,29 @@ def test_d23_late_event_of_the_previous_response_does_not_touch_the_next():
     h = Harness()
     h.ready()
     h.up({"type": "response.created", "response": {"id": "r1"}})
-    h.up({"type": "response.function_call_arguments.done", "response_id": "r1", "call_id": "c1", "name": "f"})
+    h.up(
+        {
+            "type": "response.function_call_arguments.done",
+            "response_id": "r1",
+            "call_id": "c1",
+            "name": "f",
+        }
+    )
     h.client({"type": "FunctionCallResponse", "id": "c1", "content": "r"})
     out = h.up({"type": "response.done", "response": {"id": "r1"}})
-    assert out.client_types == ["AgentDone", "AgentAudioDone"] and out.up_types == ["response.create"]
+    assert out.client_types == ["AgentDone", "AgentAudioDone"] and out.up_types == [
+        "response.create"
+    ]
     h.up({"type": "response.created", "response": {"id": "r2"}})
     late = h.up({"type": "response.output_text.done", "response_id": "r1", "text": "late"})
     assert "AgentDone" not in late.client_types and late.up == []
     out = h.up({"type": "response.output_text.done", "response_id": "r2", "text": "T2"})
-    assert out.client_types == ["AgentStartedSpeaking", "ConversationText", "AgentDone", "AgentAudioDone"]
+    assert out.client_types == [
+        "AgentStartedSpeaking",
+        "ConversationText",
+        "AgentDone",
+        "AgentAudioDone",
+    ]
 
 
 def test_d24_held_idle_timeout_flushed_on_response_done():
@@ -573,7 +666,14 @@ def test_d25_parallel_calls_create_only_after_every_output():
     h = Harness()
     h.ready()
     for cid in ("c1", "c2"):
-        h.up({"type": "response.function_call_arguments.done", "call_id": cid, "name": "f", "arguments": "{}"})
+        h.up(
+            {
+                "type": "response.function_call_arguments.done",
+                "call_id": cid,
+                "name": "f",
+                "arguments": "{}",
+            }
+        )
     assert h.all.client_types.count("FunctionCallRequest") == 2
     out = h.client({"type": "FunctionCallResponse", "id": "c1", "content": "1"})
     assert out.up_types == ["conversation.item.create"] and "deferred_create" not in h.armed
@@ -640,7 +740,16 @@ def test_d27_upstream_unavailable_may_name_the_status():
 
 @pytest.mark.parametrize(
     ("code", "client_code"),
-    [(1000, 1000), (4001, 4001), (1005, 1000), (None, 1000), (1006, 1011), (1015, 1011), (1004, 1011), (2000, 1011)],
+    [
+        (1000, 1000),
+        (4001, 4001),
+        (1005, 1000),
+        (None, 1000),
+        (1006, 1011),
+        (1015, 1011),
+        (1004, 1011),
+        (2000, 1011),
+    ],
 )
 def test_d28_upstream_close_code_mapping(code, client_code):
     h = Harness()
@@ -667,14 +776,21 @@ def test_d28_closed_before_session_ready():
     assert out.index(out.of(CloseClient)[0]) > 0
 
 
-@pytest.mark.parametrize(("code", "upstream_code"), [(1000, 1000), (1001, 1001), (None, 1000), (1005, 1000), (1006, 1000), (4000, 4000)])
+@pytest.mark.parametrize(
+    ("code", "upstream_code"),
+    [(1000, 1000), (1001, 1001), (None, 1000), (1005, 1000), (1006, 1000), (4000, 4000)],
+)
 def test_d29_client_close_closes_upstream_and_cancels_timers(code, upstream_code):
     h = Harness()
     h.ready()
     h.client({"type": "FunctionCallResponse", "id": "c1", "content": "r"})
     out = h.client_closed(code)
     assert out.of(CloseUpstream) == [CloseUpstream(upstream_code, "client closed")]
-    assert {c.name for c in out.of(CancelTimer)} == {"commit_debounce", "commit_coalesce", "deferred_create"}
+    assert {c.name for c in out.of(CancelTimer)} == {
+        "commit_debounce",
+        "commit_coalesce",
+        "deferred_create",
+    }
     assert h.armed == {}
     assert h.t.closed
     assert h.client(SETTINGS) == [] and h.up(SESSION_UPDATED) == []
@@ -770,7 +886,11 @@ def test_d35_gateway_limits_error_then_close(limit, client_code, upstream_code):
     h.ready()
     out = h.gateway_limit(limit)
     assert out.error_codes == [limit]
-    kinds = [type(a).__name__ for a in out if type(a).__name__ in ("SendClient", "CloseClient", "CloseUpstream")]
+    kinds = [
+        type(a).__name__
+        for a in out
+        if type(a).__name__ in ("SendClient", "CloseClient", "CloseUpstream")
+    ]
     assert kinds == ["SendClient", "CloseClient", "CloseUpstream"]
     assert out.of(CloseClient)[0].code == client_code
     assert out.of(CloseUpstream)[0].code == upstream_code

@@ -123,8 +123,12 @@ def test_06b_context_with_empty_base_starts_with_header():
 
 
 def test_07_one_function():
-    s = session(think(functions=[{"name": "f", "description": "d", "parameters": {"p": 1}, "endpoint": {}}]))
-    assert s["tools"] == [{"type": "function", "name": "f", "description": "d", "parameters": {"p": 1}}]
+    s = session(
+        think(functions=[{"name": "f", "description": "d", "parameters": {"p": 1}, "endpoint": {}}])
+    )
+    assert s["tools"] == [
+        {"type": "function", "name": "f", "description": "d", "parameters": {"p": 1}}
+    ]
 
 
 def test_07b_parameters_default_and_description_omitted():
@@ -134,7 +138,10 @@ def test_07b_parameters_default_and_description_omitted():
 
 @pytest.mark.parametrize(
     ("choice", "expected"),
-    [("required", "required"), ({"type": "function", "name": "f"}, {"type": "function", "name": "f"})],
+    [
+        ("required", "required"),
+        ({"type": "function", "name": "f"}, {"type": "function", "name": "f"}),
+    ],
 )
 def test_08_09_tool_choice_verbatim(choice, expected):
     assert session(think(toolChoice=choice))["tool_choice"] == expected
@@ -230,7 +237,16 @@ def test_25_default_turn_detection_exact():
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [(-1, None), (1000, 5000), (0, 5000), (120000, 30000), (12345.5, 12346), (-5, None), ("9000", None), (None, None)],
+    [
+        (-1, None),
+        (1000, 5000),
+        (0, 5000),
+        (120000, 30000),
+        (12345.5, 12346),
+        (-5, None),
+        ("9000", None),
+        (None, None),
+    ],
 )
 def test_26_27_idle_timeout_clamp(given, expected):
     agent = {"idleTimeoutMs": given} if given is not None else {}
@@ -247,7 +263,10 @@ def test_28_manual_commit_flag():
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ({"format": {"type": "audio/pcm", "rate": 24000}}, {"format": {"type": "audio/pcm", "rate": 24000}}),
+        (
+            {"format": {"type": "audio/pcm", "rate": 24000}},
+            {"format": {"type": "audio/pcm", "rate": 24000}},
+        ),
         ({"format": {"type": "audio/pcm"}}, {"format": {"type": "audio/pcm"}}),
         ({"format": {"type": "audio/pcm", "rate": 16000}}, {"format": {"type": "audio/pcm"}}),
         ({"format": {"type": " audio/pcmu "}}, {"format": {"type": "audio/pcmu"}}),
@@ -282,8 +301,13 @@ def test_34_tool_results_sentence():
 
 
 def test_language_from_agent_language_d10():
-    assert session({"agent": {"language": "de"}})["audio"]["input"]["transcription"]["language"] == "de"
-    assert session({"agent": {"language": ""}})["audio"]["input"]["transcription"]["language"] == "en"
+    assert (
+        session({"agent": {"language": "de"}})["audio"]["input"]["transcription"]["language"]
+        == "de"
+    )
+    assert (
+        session({"agent": {"language": ""}})["audio"]["input"]["transcription"]["language"] == "en"
+    )
 
 
 # --- client messages -> items --------------------------------------------------------------
@@ -292,7 +316,11 @@ def test_language_from_agent_language_d10():
 def test_35_36_inject_user_message_item():
     assert user_message_event("hi") == {
         "type": "conversation.item.create",
-        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "hi"}],
+        },
     }
     assert user_message_event("")["item"]["content"][0]["text"] == ""
 
@@ -336,7 +364,11 @@ def test_38_transcript_done_to_conversation_text():
     h = Harness()
     h.ready()
     out = h.up({"type": "response.output_audio_transcript.done", "transcript": "Hi there"})
-    assert out.client[-1] == {"type": "ConversationText", "role": "assistant", "content": "Hi there"}
+    assert out.client[-1] == {
+        "type": "ConversationText",
+        "role": "assistant",
+        "content": "Hi there",
+    }
 
 
 def test_39_blank_transcript_sends_no_text():
@@ -359,7 +391,10 @@ def test_40_42_function_call_request():
 
 
 def test_43_44_function_call_part_text():
-    item = {"role": "assistant", "content": [{"type": "function_call", "name": "f", "arguments": " {} "}]}
+    item = {
+        "role": "assistant",
+        "content": [{"type": "function_call", "name": "f", "arguments": " {} "}],
+    }
     assert assistant_text_from_item(item) == "Function call: f({})"
     item = {"role": "assistant", "content": [{"type": "function_call", "name": "f"}]}
     assert assistant_text_from_item(item) == "Function call: f()"
@@ -371,7 +406,11 @@ def test_45_46_error_mapping():
         "description": "m",
         "code": "c",
     }
-    assert upstream_error({}) == {"type": "Error", "description": "Unknown error", "code": "unknown"}
+    assert upstream_error({}) == {
+        "type": "Error",
+        "description": "Unknown error",
+        "code": "unknown",
+    }
 
 
 @pytest.mark.parametrize("code", ["idle_timeout", "session_max_duration", "rate_limit_exceeded"])
@@ -389,7 +428,9 @@ def test_50_53_no_code_is_unknown_never_from_text(message):
 
 
 def test_error_description_never_carries_a_key():
-    err = upstream_error({"error": {"message": "Incorrect API key provided: sk-proj-abcdefghijkl1234"}})
+    err = upstream_error(
+        {"error": {"message": "Incorrect API key provided: sk-proj-abcdefghijkl1234"}}
+    )
     assert "abcdefghijkl" not in err["description"]
     assert redact("token ek_1234567890abc") == "token ek_***"
 
@@ -427,7 +468,10 @@ def test_72_73_item_events_to_conversation_text(event):
     h = Harness()
     h.ready()
     out = h.up(
-        {"type": event, "item": {"id": "a1", "role": "assistant", "content": [{"type": "text", "text": "Yo"}]}}
+        {
+            "type": event,
+            "item": {"id": "a1", "role": "assistant", "content": [{"type": "text", "text": "Yo"}]},
+        }
     )
     assert out.client[-1] == {"type": "ConversationText", "role": "assistant", "content": "Yo"}
 
@@ -462,18 +506,27 @@ def test_78_80_output_text_done_prefers_text_then_deltas():
 def test_81_83_response_done_output_text():
     response = {
         "output": [
-            {"id": "i1", "role": "assistant", "content": [{"type": "output_text", "text": "one"}, {"text": "two"}]},
+            {
+                "id": "i1",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "one"}, {"text": "two"}],
+            },
             {"id": "f1", "type": "function_call", "name": "f"},
         ]
     }
     assert assistant_text_from_response(response) == ("one\ntwo", ["i1"])
-    assert assistant_text_from_response({"output": [{"role": "user", "content": "x"}]}) == (None, [])
+    assert assistant_text_from_response({"output": [{"role": "user", "content": "x"}]}) == (
+        None,
+        [],
+    )
     assert assistant_text_from_response(None) == (None, [])
 
 
 def test_84_85_binary_to_append():
     h = Harness()
-    h.ready({"type": "Settings", "audio": {"input": {"encoding": "linear16", "sample_rate": 24000}}})
+    h.ready(
+        {"type": "Settings", "audio": {"input": {"encoding": "linear16", "sample_rate": 24000}}}
+    )
     out = h.client(b"\x01\x02\x03\x04")
     assert out.up == [{"type": "input_audio_buffer.append", "audio": "AQIDBA=="}]
     assert h.client(b"").up == []
@@ -482,7 +535,8 @@ def test_84_85_binary_to_append():
 def test_86_87_tolerant_mappers():
     assert isinstance(map_settings({"type": "Settings"}, default_model="gpt-realtime"), SessionPlan)
     assert isinstance(
-        map_settings({"type": "Settings", "agent": 5, "audio": "x"}, default_model="gpt-realtime"), SessionPlan
+        map_settings({"type": "Settings", "agent": 5, "audio": "x"}, default_model="gpt-realtime"),
+        SessionPlan,
     )
     assert user_message_event("")["item"]["content"][0]["text"] == ""
 
@@ -506,7 +560,12 @@ def test_88_90_no_create_before_item_ack(events, allowed):
             h.up(
                 {
                     "type": kind,
-                    "item": {"id": "u1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "q"}]},
+                    "item": {
+                        "id": "u1",
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "q"}],
+                    },
                 }
             )
         else:
@@ -545,9 +604,16 @@ def test_transcript_mappers():
         {"transcript": "Hello", "start": 1.5, "duration": 2.25, "channel": 1, "channel_index": [1]}
     )
     assert final["is_final"] is final["speech_final"] is True
-    assert (final["channel"], final["channel_index"], final["start"], final["duration"]) == (1, [1], 1.5, 2.25)
+    assert (final["channel"], final["channel_index"], final["start"], final["duration"]) == (
+        1,
+        [1],
+        1.5,
+        2.25,
+    )
     assert final["alternatives"] == [{"transcript": "Hello", "confidence": 1, "words": []}]
-    final = transcript_final({"transcript": "x", "channel": 2, "alternatives": [{"confidence": 0.5}, 7]})
+    final = transcript_final(
+        {"transcript": "x", "channel": 2, "alternatives": [{"confidence": 0.5}, 7]}
+    )
     assert final["channel_index"] == [2]
     assert final["alternatives"] == [{"transcript": "x", "confidence": 0.5, "words": []}]
     assert transcript_final({"channel_index": [3]})["channel"] == 3
@@ -560,7 +626,10 @@ def test_transcript_mappers():
     ("audio", "input_type"),
     [
         ({}, {"type": "audio/pcm", "rate": 24000}),
-        ({"input": {"encoding": "linear16", "sample_rate": 48000}}, {"type": "audio/pcm", "rate": 24000}),
+        (
+            {"input": {"encoding": "linear16", "sample_rate": 48000}},
+            {"type": "audio/pcm", "rate": 24000},
+        ),
         ({"input": {"encoding": "mulaw", "sample_rate": 8000}}, {"type": "audio/pcmu"}),
         ({"input": {"encoding": "alaw"}}, {"type": "audio/pcma"}),
     ],
@@ -587,7 +656,12 @@ def test_unsupported_formats(audio):
 
 
 def test_g711_output_sets_upstream_format_and_session_format_wins():
-    s = session({"audio": {"output": {"encoding": "mulaw", "sample_rate": 8000}}, "agent": {"sessionAudioOutput": {"voice": "v"}}})
+    s = session(
+        {
+            "audio": {"output": {"encoding": "mulaw", "sample_rate": 8000}},
+            "agent": {"sessionAudioOutput": {"voice": "v"}},
+        }
+    )
     assert s["audio"]["output"] == {"format": {"type": "audio/pcmu"}, "voice": "v"}
     p = plan(
         {
@@ -595,7 +669,9 @@ def test_g711_output_sets_upstream_format_and_session_format_wins():
             "agent": {"sessionAudioOutput": {"format": {"type": "audio/pcma"}}},
         }
     )
-    assert p.output_passthrough and p.session["audio"]["output"] == {"format": {"type": "audio/pcma"}}
+    assert p.output_passthrough and p.session["audio"]["output"] == {
+        "format": {"type": "audio/pcma"}
+    }
 
 
 def test_manual_mode_needs_linear16_input():
@@ -609,7 +685,9 @@ def test_manual_mode_needs_linear16_input():
 def test_d8_model_substitution():
     p = plan(think(provider={"type": "open_ai", "model": "gpt-4o-mini"}))
     assert p.session["model"] == "gpt-realtime" and p.requested_model == "gpt-4o-mini"
-    p = map_settings({"agent": {"think": {"provider": {"model": "x"}}}}, default_model="gpt-realtime-2025")
+    p = map_settings(
+        {"agent": {"think": {"provider": {"model": "x"}}}}, default_model="gpt-realtime-2025"
+    )
     assert p.session["model"] == "gpt-realtime-2025"
 
 

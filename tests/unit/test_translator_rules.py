@@ -37,7 +37,9 @@ def test_r1_frames_before_upstream_open_are_queued_and_drained_in_order():
 def test_r2_only_the_first_settings_is_forwarded():
     h = Harness()
     h.ready()
-    out = h.client({"type": "Settings", "agent": {"greeting": "ignored", "think": {"prompt": "other"}}})
+    out = h.client(
+        {"type": "Settings", "agent": {"greeting": "ignored", "think": {"prompt": "other"}}}
+    )
     assert out.up == []
     assert out.client == [{"type": "SettingsApplied"}]
     assert h.all.up_types.count("session.update") == 1
@@ -95,7 +97,11 @@ def test_r6_inject_queue_flushed_before_audio_queue():
     h.client({"type": "InjectUserMessage", "content": "q"})
     h.client(b"\x00" * 100)
     out = h.up(SESSION_UPDATED)
-    assert out.up_types == ["conversation.item.create", "input_audio_buffer.append", "input_audio_buffer.append"]
+    assert out.up_types == [
+        "conversation.item.create",
+        "input_audio_buffer.append",
+        "input_audio_buffer.append",
+    ]
 
 
 def test_r7_create_only_after_the_item_is_confirmed():
@@ -115,7 +121,16 @@ def test_r7_events_without_an_id_never_bind():
     h = Harness()
     h.ready()
     h.client({"type": "InjectUserMessage", "content": "q"})
-    out = h.up({"type": "conversation.item.added", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "q"}]}})
+    out = h.up(
+        {
+            "type": "conversation.item.added",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "q"}],
+            },
+        }
+    )
     assert out.up == []
 
 
@@ -227,10 +242,16 @@ def test_r10b_client_close_flushes_pending_audio():
     h.ready(MANUAL_SETTINGS)
     h.client(b"\x00" * 1000)  # 500 samples -> 749 at 24 kHz; first threshold is 48000 (D26)
     out = h.client_closed(1000)
-    assert out.up_types == ["input_audio_buffer.append", "input_audio_buffer.commit", "response.create"]
+    assert out.up_types == [
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+        "response.create",
+    ]
     assert len(base64.b64decode(out.up[0]["audio"])) == 48000 - 2 * 749
     assert out.of(CloseUpstream) == [CloseUpstream(1000, "client closed")]
-    assert out.index(out.of(CloseUpstream)[0]) > max(i for i, a in enumerate(out) if type(a).__name__ == "SendUpstream")
+    assert out.index(out.of(CloseUpstream)[0]) > max(
+        i for i, a in enumerate(out) if type(a).__name__ == "SendUpstream"
+    )
 
 
 def test_r11_server_vad_never_commits_and_response_created_marks_active():
@@ -266,7 +287,14 @@ def test_r13_agent_started_precedes_audio_function_call_and_text():
 
     h = Harness()
     h.ready()
-    out = h.up({"type": "response.function_call_arguments.done", "call_id": "c", "name": "f", "arguments": "{}"})
+    out = h.up(
+        {
+            "type": "response.function_call_arguments.done",
+            "call_id": "c",
+            "name": "f",
+            "arguments": "{}",
+        }
+    )
     assert out.client_types == ["AgentStartedSpeaking", "FunctionCallRequest"]
 
     h = Harness()
@@ -298,7 +326,11 @@ def test_r15_at_most_one_assistant_text_per_response():
     h.up({"type": "response.output_audio_transcript.done", "transcript": "first"})
     h.up({"type": "response.output_text.done", "text": "other"})
     h.up({"type": "response.done", "response": {"output": [assistant_item("a1", "first")["item"]]}})
-    texts = [m for m in h.all.client if isinstance(m, dict) and m["type"] == "ConversationText" and m["role"] == "assistant"]
+    texts = [
+        m
+        for m in h.all.client
+        if isinstance(m, dict) and m["type"] == "ConversationText" and m["role"] == "assistant"
+    ]
     assert [m["content"] for m in texts] == ["first"]
 
 
@@ -317,9 +349,13 @@ def test_r16_idle_timeout_error_held_until_the_text():
 def test_r16_idle_timeout_when_idle_and_other_errors_go_out_at_once():
     h = Harness()
     h.ready()
-    assert h.up({"type": "error", "error": {"code": "idle_timeout", "message": "i"}}).error_codes == ["idle_timeout"]
+    assert h.up(
+        {"type": "error", "error": {"code": "idle_timeout", "message": "i"}}
+    ).error_codes == ["idle_timeout"]
     h.inject("q", "u1")
-    assert h.up({"type": "error", "error": {"code": "server_error", "message": "s"}}).error_codes == ["server_error"]
+    assert h.up(
+        {"type": "error", "error": {"code": "server_error", "message": "s"}}
+    ).error_codes == ["server_error"]
 
 
 def test_r16_held_error_flushed_at_upstream_close():
@@ -346,14 +382,32 @@ def test_r17_greeting_text_only_then_done_pair():
 def test_r17_greeting_suppressed_with_context():
     h = Harness()
     out = h.ready(
-        {"type": "Settings", "agent": {"greeting": "Hi", "context": {"messages": [{"role": "user", "content": "x"}]}}}
+        {
+            "type": "Settings",
+            "agent": {
+                "greeting": "Hi",
+                "context": {"messages": [{"role": "user", "content": "x"}]},
+            },
+        }
     )
     assert out.client_types == ["Welcome", "SettingsApplied"]
 
 
 def test_r18_context_only_in_instructions():
     h = Harness()
-    h.ready({"type": "Settings", "agent": {"context": {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there!"}]}}})
+    h.ready(
+        {
+            "type": "Settings",
+            "agent": {
+                "context": {
+                    "messages": [
+                        {"role": "user", "content": "Hello"},
+                        {"role": "assistant", "content": "Hi there!"},
+                    ]
+                }
+            },
+        }
+    )
     assert "Previous conversation:" in h.session()["instructions"]
     assert "conversation.item.create" not in h.all.up_types
 
@@ -381,7 +435,12 @@ def test_r20_user_echo_when_the_inject_is_translated():
 def test_r21_active_response_error_never_forwarded():
     h = Harness()
     h.ready()
-    out = h.up({"type": "error", "error": {"code": "conversation_already_has_active_response", "message": "m"}})
+    out = h.up(
+        {
+            "type": "error",
+            "error": {"code": "conversation_already_has_active_response", "message": "m"},
+        }
+    )
     assert out.client == []
 
 

@@ -72,18 +72,27 @@ class FakeUpstream:
             },
         }
         if self.response == "audio":
-            delta = {"type": "response.output_audio.delta", "delta": base64.b64encode(bytes(320)).decode()}
+            delta = {
+                "type": "response.output_audio.delta",
+                "delta": base64.b64encode(bytes(320)).decode(),
+            }
             return [delta, {"type": "response.output_audio.done"}, text_done, item_done]
         if self.response == "text":
             return [text_done, item_done]
         return []
 
     def _function_output_replies(self) -> list[dict[str, Any]]:
-        done = {"type": "conversation.item.done", "item": {"id": "o1", "type": "function_call_output"}}
+        done = {
+            "type": "conversation.item.done",
+            "item": {"id": "o1", "type": "function_call_output"},
+        }
         return {
             "text_done": [{"type": "response.output_text.done"}],
             "response_done": [{"type": "response.done", "response": {}}],
-            "done_then_text": [{"type": "response.done", "response": {}}, {"type": "response.output_text.done"}],
+            "done_then_text": [
+                {"type": "response.done", "response": {}},
+                {"type": "response.output_text.done"},
+            ],
             "items": [{"type": "conversation.item.added", "item": done["item"]}, done],
             "none": [],
         }[self.function_output]
@@ -100,7 +109,9 @@ class FakeUpstream:
             for reply in self.replies(event):
                 produced = self.h.up(reply)
                 collected.extend(produced)
-                pending.extend(orjson.loads(a.data) for a in produced if isinstance(a, SendUpstream))
+                pending.extend(
+                    orjson.loads(a.data) for a in produced if isinstance(a, SendUpstream)
+                )
         raise AssertionError("fake upstream did not settle")
 
     def release(self) -> Out:
@@ -120,7 +131,9 @@ class FakeUpstream:
 
 class Scenario:
     def __init__(self, **fake: Any) -> None:
-        self.h = Harness(**{k: fake.pop(k) for k in list(fake) if k in ("strict", "deferred_create_timeout")})
+        self.h = Harness(
+            **{k: fake.pop(k) for k in list(fake) if k in ("strict", "deferred_create_timeout")}
+        )
         self.up = FakeUpstream(self.h, **fake)
         self.h.start()
 
@@ -140,7 +153,10 @@ class Scenario:
 
 
 SETTINGS = {"type": "Settings", "agent": {"think": {"prompt": "Help."}}}
-MANUAL = {"type": "Settings", "agent": {"think": {"prompt": "Help."}, "useOpenAIManualAudioCommit": True}}
+MANUAL = {
+    "type": "Settings",
+    "agent": {"think": {"prompt": "Help."}, "useOpenAIManualAudioCommit": True},
+}
 
 
 def conv(role: str, content: str) -> dict[str, str]:
@@ -184,7 +200,12 @@ def test_a4_greeting():
     s = Scenario()
     s.open()
     s.send({"type": "Settings", "agent": {"greeting": "Hi"}})
-    assert s.client[1:] == [{"type": "SettingsApplied"}, conv("assistant", "Hi"), {"type": "AgentDone"}, {"type": "AgentAudioDone"}]
+    assert s.client[1:] == [
+        {"type": "SettingsApplied"},
+        conv("assistant", "Hi"),
+        {"type": "AgentDone"},
+        {"type": "AgentAudioDone"},
+    ]
     assert "conversation.item.create" not in s.up.types() and "response.create" not in s.up.types()
 
 
@@ -196,7 +217,12 @@ def test_a5_greeting_with_context():
             "type": "Settings",
             "agent": {
                 "greeting": "Hi",
-                "context": {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there!"}]},
+                "context": {
+                    "messages": [
+                        {"role": "user", "content": "Hello"},
+                        {"role": "assistant", "content": "Hi there!"},
+                    ]
+                },
             },
         }
     )
@@ -261,7 +287,14 @@ def test_b4_audio_turn():
 
 
 def function_call(s: Scenario) -> None:
-    s.up.push({"type": "response.function_call_arguments.done", "call_id": "c1", "name": "f", "arguments": "{}"})
+    s.up.push(
+        {
+            "type": "response.function_call_arguments.done",
+            "call_id": "c1",
+            "name": "f",
+            "arguments": "{}",
+        }
+    )
 
 
 def test_c1_function_call_request():
@@ -272,7 +305,10 @@ def test_c1_function_call_request():
     assert s.client[1:] == [
         {"type": "SettingsApplied"},
         {"type": "AgentStartedSpeaking"},
-        {"type": "FunctionCallRequest", "functions": [{"id": "c1", "name": "f", "arguments": "{}", "client_side": True}]},
+        {
+            "type": "FunctionCallRequest",
+            "functions": [{"id": "c1", "name": "f", "arguments": "{}", "client_side": True}],
+        },
     ]
 
 
@@ -284,7 +320,10 @@ def test_c2_function_result_and_deferred_create_on_item_done():
     out = s.h.client({"type": "FunctionCallResponse", "id": "c1", "content": '{"t":1}'})
     assert out.client == [{"type": "AgentThinking", "content": ""}]
     assert out.up == [
-        {"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "c1", "output": '{"t":1}'}}
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": "c1", "output": '{"t":1}'},
+        }
     ]
     s.up.pump(out)
     types = s.up.types()
@@ -327,7 +366,9 @@ def test_c4_result_and_error_outputs():
     s.send(SETTINGS)
     s.send({"type": "FunctionCallResponse", "id": "c1", "result": {"a": 1}})
     s.send({"type": "FunctionCallResponse", "id": "c2", "error": "x"})
-    outputs = [e["item"]["output"] for e in s.up.received if e["type"] == "conversation.item.create"]
+    outputs = [
+        e["item"]["output"] for e in s.up.received if e["type"] == "conversation.item.create"
+    ]
     assert outputs == ['{"a":1}', '{"error":"x"}']
 
 
@@ -335,7 +376,11 @@ def test_c4_result_and_error_outputs():
 
 
 def appends(s: Scenario) -> list[bytes]:
-    return [base64.b64decode(e["audio"]) for e in s.up.received if e["type"] == "input_audio_buffer.append"]
+    return [
+        base64.b64decode(e["audio"])
+        for e in s.up.received
+        if e["type"] == "input_audio_buffer.append"
+    ]
 
 
 def test_m1_early_audio_flushed_after_session_updated():
@@ -398,7 +443,9 @@ def test_e1_unknown_client_type():
     s.open()
     s.send(SETTINGS)
     out = s.send({"type": "Foo"})
-    assert out.error_codes == ["unsupported_client_message"] and "Foo" in out.errors[0]["description"]
+    assert (
+        out.error_codes == ["unsupported_client_message"] and "Foo" in out.errors[0]["description"]
+    )
     assert s.up.types() == ["session.update"]
     s = Scenario(strict=True)
     s.open()
@@ -429,7 +476,12 @@ def test_e4_active_response_error_swallowed():
     s = Scenario()
     s.open()
     s.send(SETTINGS)
-    assert s.up.push({"type": "error", "error": {"code": "conversation_already_has_active_response"}}).client == []
+    assert (
+        s.up.push(
+            {"type": "error", "error": {"code": "conversation_already_has_active_response"}}
+        ).client
+        == []
+    )
 
 
 def test_e5_idle_timeout_after_the_assistant_text():
@@ -440,7 +492,9 @@ def test_e5_idle_timeout_after_the_assistant_text():
     s.up.push({"type": "error", "error": {"code": "idle_timeout", "message": "idle"}})
     s.up.push({"type": "response.output_text.done", "text": "T"})
     types = s.client_types
-    assert types.index("ConversationText", types.index("AgentStartedSpeaking")) < types.index("Error")
+    assert types.index("ConversationText", types.index("AgentStartedSpeaking")) < types.index(
+        "Error"
+    )
     # the other order: text done first, then the error (no response active) goes straight out
     s.up.push({"type": "error", "error": {"code": "idle_timeout", "message": "idle"}})
     assert s.client_types[-1] == "Error"
@@ -466,7 +520,11 @@ def test_e8_ignored_upstream_events():
     s = Scenario()
     s.open()
     s.send(SETTINGS)
-    for event in ({"type": "conversation.created"}, {"type": "rate_limits.updated"}, {"type": "brand.new"}):
+    for event in (
+        {"type": "conversation.created"},
+        {"type": "rate_limits.updated"},
+        {"type": "brand.new"},
+    ):
         assert s.up.push(event).client == []
 
 
@@ -477,11 +535,15 @@ def test_f1_vad_events():
     s = Scenario()
     s.open()
     s.send(SETTINGS)
-    assert s.up.push({"type": "input_audio_buffer.speech_started"}).client == [{"type": "UserStartedSpeaking"}]
+    assert s.up.push({"type": "input_audio_buffer.speech_started"}).client == [
+        {"type": "UserStartedSpeaking"}
+    ]
     assert s.up.push({"type": "input_audio_buffer.speech_stopped"}).client == [
         {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0}
     ]
-    out = s.up.push({"type": "input_audio_buffer.speech_stopped", "channel": [0], "last_word_end": 1.5})
+    out = s.up.push(
+        {"type": "input_audio_buffer.speech_stopped", "channel": [0], "last_word_end": 1.5}
+    )
     assert out.client == [{"type": "UtteranceEnd", "channel": [0], "last_word_end": 1.5}]
 
 
@@ -491,7 +553,13 @@ def test_f2_transcripts():
     s.send(SETTINGS)
     texts = []
     for delta in ("Hel", "lo ", "world"):
-        out = s.up.push({"type": "conversation.item.input_audio_transcription.delta", "item_id": "i1", "delta": delta})
+        out = s.up.push(
+            {
+                "type": "conversation.item.input_audio_transcription.delta",
+                "item_id": "i1",
+                "delta": delta,
+            }
+        )
         (msg,) = out.client
         assert msg["is_final"] is False
         texts.append(msg["transcript"])
@@ -521,7 +589,9 @@ def test_f2_transcripts():
         }
     ]
     # the accumulator was cleared
-    out = s.up.push({"type": "conversation.item.input_audio_transcription.delta", "item_id": "i1", "delta": "x"})
+    out = s.up.push(
+        {"type": "conversation.item.input_audio_transcription.delta", "item_id": "i1", "delta": "x"}
+    )
     assert out.client[0]["transcript"] == "x"
 
 
@@ -532,10 +602,17 @@ def test_f3_function_call_item():
     out = s.up.push(
         {
             "type": "conversation.item.added",
-            "item": {"id": "a1", "role": "assistant", "content": [{"type": "function_call", "name": "f", "arguments": "{}"}]},
+            "item": {
+                "id": "a1",
+                "role": "assistant",
+                "content": [{"type": "function_call", "name": "f", "arguments": "{}"}],
+            },
         }
     )
-    assert out.client == [{"type": "AgentStartedSpeaking"}, conv("assistant", "Function call: f({})")]
+    assert out.client == [
+        {"type": "AgentStartedSpeaking"},
+        conv("assistant", "Function call: f({})"),
+    ]
 
 
 # --- G: Settings mid-response ----------------------------------------------------------------
@@ -604,7 +681,9 @@ def test_v4_malformed_frames_keep_the_session():
 def test_v5_unsupported_input_rate():
     s = Scenario()
     s.open()
-    out = s.send({"type": "Settings", "audio": {"input": {"encoding": "linear16", "sample_rate": 11025}}})
+    out = s.send(
+        {"type": "Settings", "audio": {"input": {"encoding": "linear16", "sample_rate": 11025}}}
+    )
     assert out.error_codes == ["unsupported_audio_format"]
     assert s.up.received == []
 
@@ -641,7 +720,9 @@ def test_v8_inject_during_a_vad_response():
     s.up.push({"type": "response.done", "response": {"id": "r_vad"}})
     assert s.up.types().count("response.create") == 1
     s.up.push({"type": "response.created", "response": {"id": "r2"}})
-    s.up.push({"type": "response.output_audio_transcript.done", "response_id": "r2", "transcript": "A"})
+    s.up.push(
+        {"type": "response.output_audio_transcript.done", "response_id": "r2", "transcript": "A"}
+    )
     assert s.client.index(conv("user", "q")) < s.client.index(conv("assistant", "A"))
 
 
@@ -663,7 +744,14 @@ def test_v10_parallel_function_calls():
     s.open()
     s.send(SETTINGS)
     for cid in ("c1", "c2"):
-        s.up.push({"type": "response.function_call_arguments.done", "call_id": cid, "name": "f", "arguments": "{}"})
+        s.up.push(
+            {
+                "type": "response.function_call_arguments.done",
+                "call_id": cid,
+                "name": "f",
+                "arguments": "{}",
+            }
+        )
     s.send({"type": "FunctionCallResponse", "id": "c1", "content": "1"})
     assert "response.create" not in s.up.types()
     s.send({"type": "FunctionCallResponse", "id": "c2", "content": "2"})
@@ -671,7 +759,9 @@ def test_v10_parallel_function_calls():
     assert [e["item"]["call_id"] for e in outputs] == ["c1", "c2"]
     types = s.up.types()
     assert types.count("response.create") == 1
-    assert types.index("response.create") > types.index("conversation.item.create", types.index("conversation.item.create") + 1)
+    assert types.index("response.create") > types.index(
+        "conversation.item.create", types.index("conversation.item.create") + 1
+    )
 
 
 def test_v11_one_done_pair_and_held_idle_error_on_response_done():
@@ -687,8 +777,16 @@ def test_v11_one_done_pair_and_held_idle_error_on_response_done():
     # audio-mode turn ending with response.done, idle_timeout mid-response
     s.send({"type": "InjectUserMessage", "content": "q2"})
     s.up.push({"type": "response.created", "response": {"id": "r2"}})
-    s.up.push({"type": "response.output_audio.delta", "response_id": "r2", "delta": base64.b64encode(bytes(32)).decode()})
-    assert s.up.push({"type": "error", "error": {"code": "idle_timeout", "message": "i"}}).client == []
+    s.up.push(
+        {
+            "type": "response.output_audio.delta",
+            "response_id": "r2",
+            "delta": base64.b64encode(bytes(32)).decode(),
+        }
+    )
+    assert (
+        s.up.push({"type": "error", "error": {"code": "idle_timeout", "message": "i"}}).client == []
+    )
     out = s.up.push({"type": "response.done", "response": {"id": "r2"}})
     assert out.client_types == ["AgentDone", "AgentAudioDone", "Error"]
 
@@ -713,6 +811,10 @@ def test_v13_inject_agent_message():
     assert out.client[0] == conv("assistant", "Still there?")
     assert "response.create" not in s.up.types()
     s.send({"type": "InjectUserMessage", "content": "q"})  # a response becomes active
-    assert s.send({"type": "InjectAgentMessage", "message": "x"}).client == [{"type": "InjectionRefused"}]
+    assert s.send({"type": "InjectAgentMessage", "message": "x"}).client == [
+        {"type": "InjectionRefused"}
+    ]
     assert s.send({"type": "UpdateSpeak"}).error_codes == ["unsupported_client_message"]
-    assert [m for m in s.client if m == conv("assistant", "Still there?")] == [conv("assistant", "Still there?")]
+    assert [m for m in s.client if m == conv("assistant", "Still there?")] == [
+        conv("assistant", "Still there?")
+    ]

@@ -121,7 +121,14 @@ class Harness:
     def _record(self, actions: list[Any]) -> Out:
         for action in actions:
             assert isinstance(
-                action, SendClient | SendUpstream | ArmTimer | CancelTimer | CloseClient | CloseUpstream | Log
+                action,
+                SendClient
+                | SendUpstream
+                | ArmTimer
+                | CancelTimer
+                | CloseClient
+                | CloseUpstream
+                | Log,
             ), action
             if isinstance(action, ArmTimer):
                 self.armed[action.name] = action.seconds

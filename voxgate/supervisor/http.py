@@ -146,16 +146,18 @@ def response(
     *,
     headers: list[tuple[str, str]] | None = None,
     tls: bool = False,
+    content_type: str | None = None,
 ) -> bytes:
     """A complete `Connection: close` HTTP/1.1 response; dict bodies become JSON."""
-    content_type = "text/plain; charset=utf-8"
+    default_type = "text/plain; charset=utf-8"
     if isinstance(body, dict):
         body = orjson.dumps(body)
-        content_type = "application/json; charset=utf-8"
+        default_type = "application/json; charset=utf-8"
     elif isinstance(body, str):
         body = body.encode()
     elif body is None:
         body = HTTPStatus(status).phrase.encode() if status >= 400 else b""
+    content_type = content_type or default_type
     lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
     all_headers = list(SECURITY_HEADERS) + ([HSTS] if tls else [])
     if status != 204:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import signal
 import uuid
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ import trio
 from voxgate.config import KEY_VARS, Config
 from voxgate.control import ChannelClosed
 from voxgate.logs import EventLog
+from voxgate.supervisor import metrics
 from voxgate.supervisor.admission import (
     TOKEN_TTL_DEFAULT,
     TOKEN_TTL_MAX,
@@ -27,6 +27,7 @@ from voxgate.supervisor.admission import (
     mint_token,
 )
 from voxgate.supervisor.http import Head, HeadError, read_head, response
+from voxgate.supervisor.metrics import Metrics
 from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
 from voxgate.supervisor.workers import ProviderPool, Worker
 
@@ -40,8 +41,14 @@ class Supervisor:
         self.config = config
         self.log = log
         self.router = Router(config.proxy_path)
+        self.metrics = Metrics()
         self.pools: dict[str, ProviderPool] = {
-            provider: ProviderPool(provider, config, log) for provider in config.enabled_providers
+            provider: ProviderPool(
+                provider, config, log,
+                on_restart=lambda p: self.metrics.restarts.labels(p).inc(),
+                on_heartbeat=self.metrics.fold_heartbeat,
+            )
+            for provider in config.enabled_providers
         }
         self.draining = False
         self.tls = False
@@ -57,7 +64,6 @@ class Supervisor:
                 trust_proxy_headers=config.trust_proxy_headers,
             )
         )
-        self.rejections: Counter[str] = Counter()
 
     # -- plain HTTP ---------------------------------------------------------------------
 
@@ -108,7 +114,7 @@ class Supervisor:
         auth = head.header("authorization") or ""
         given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
         if not hmac.compare_digest(given, cfg.admin_token.encode()):
-            self.rejections["admin_token"] += 1
+            self.metrics.rejections.labels("admin_token").inc()
             return response(401, {"error": "unauthorized", "message": "admin token required"}, tls=self.tls)
         try:
             body = orjson.loads(head.body) if head.body.strip() else {}
@@ -143,6 +149,10 @@ class Supervisor:
         if endpoint == "readyz":
             status, body = self.readiness()
             return response(status, body, tls=self.tls)
+        if endpoint == "metrics":
+            return response(
+                200, self.metrics.render(self.pools), tls=self.tls, content_type=metrics.CONTENT_TYPE
+            )
         return response(404, "Not Found", tls=self.tls)
 
     # -- connections --------------------------------------------------------------------
@@ -191,7 +201,7 @@ class Supervisor:
             await self._send(stream, response(503, body, tls=self.tls))
             return False
         if self.draining:
-            self.rejections["draining"] += 1
+            self.metrics.rejections.labels("draining").inc()
             await self._send(stream, response(503, {"error": "draining"}, headers=[("Retry-After", "5")], tls=self.tls))
             return False
         ip = self.admission.client_ip(head, stream.socket.getpeername()[0])
@@ -200,7 +210,7 @@ class Supervisor:
             total_sessions=self.total_sessions(), ip_sessions=self.ip_sessions(ip), now=trio.current_time(),
         )
         if rejection is not None:
-            self.rejections[rejection.reason] += 1
+            self.metrics.rejections.labels(rejection.reason).inc()
             self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason, ip=ip)
             await self._send(stream, response(rejection.status, rejection.body(), headers=rejection.headers(), tls=self.tls))
             return False
@@ -211,7 +221,7 @@ class Supervisor:
 
     def ip_sessions(self, ip: str) -> int:
         return sum(
-            1 for pool in self.pools.values() for w in pool.workers() for peer in w.sessions.values() if peer == ip
+            1 for pool in self.pools.values() for w in pool.workers() for ref in w.sessions.values() if ref.ip == ip
         )
 
     async def _hand_off(
@@ -232,6 +242,7 @@ class Supervisor:
                 await worker.hand_off(header, head.raw, stream.socket.fileno())
             except ChannelClosed:
                 continue
+            self.metrics.sessions_total.labels(route.provider, route.kind).inc()
             self.log.debug("handed off", sid=sid, trace=header["trace"], route=route.name, worker=worker.worker_id)
             return True
         self.log.warning("no worker ready", route=route.name, sid=sid)

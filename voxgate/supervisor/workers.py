@@ -45,6 +45,14 @@ def worker_env(config: Config, provider: str, slot: int, generation: int) -> dic
     return env
 
 
+@dataclass(slots=True)
+class SessionRef:
+    """What the supervisor remembers of a handed-off session."""
+
+    ip: str
+    route: str
+
+
 @dataclass
 class Worker:
     """One running worker process as the supervisor sees it."""
@@ -54,9 +62,8 @@ class Worker:
     process: trio.Process
     channel: Channel
     state: str = "starting"  # starting | ready | draining | gone
-    sessions: dict[str, str] = field(default_factory=dict)  # session id -> client ip
+    sessions: dict[str, SessionRef] = field(default_factory=dict)
     last_heartbeat: float = 0.0
-    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -69,7 +76,7 @@ class Worker:
     async def hand_off(self, header: dict[str, Any], payload: bytes, fd: int) -> None:
         """Send a client socket to this worker; raises ChannelClosed if it is gone."""
         await self.channel.send(header, payload, fd)
-        self.sessions[header["sid"]] = header.get("peer", "")
+        self.sessions[header["sid"]] = SessionRef(header.get("peer", ""), header.get("route", ""))
 
     def snapshot(self) -> dict[str, Any]:
         return {"id": self.worker_id, "pid": self.pid, "state": self.state, "sessions": self.load}
@@ -146,7 +153,6 @@ class Slot:
 
     async def _reap(self, worker: Worker) -> None:
         worker.state = "gone"
-        self.pool.on_sessions_lost(worker)
         worker.sessions.clear()
         if worker.process.returncode is None:
             _kill(worker.process)
@@ -175,10 +181,9 @@ class Slot:
                     if self.draining:
                         await self._send_drain(worker)
             elif kind == "hb":
-                worker.stats = msg.header.get("stats", {})
+                self.pool.on_heartbeat(self.pool.provider, msg.header.get("stats", {}))
             elif kind == "end":
-                ip = worker.sessions.pop(msg.header.get("sid", ""), None)
-                self.pool.on_session_end(ip, msg.header)
+                worker.sessions.pop(msg.header.get("sid", ""), None)
 
     async def _watchdog(self, worker: Worker) -> None:
         timeout = self.pool.config.worker_timeout
@@ -239,16 +244,14 @@ class ProviderPool:
         log: EventLog,
         *,
         on_restart: Callable[[str], None] = lambda provider: None,
-        on_session_end: Callable[[str | None, dict], None] = lambda ip, info: None,
-        on_sessions_lost: Callable[[Worker], None] = lambda worker: None,
+        on_heartbeat: Callable[[str, dict], None] = lambda provider, stats: None,
     ) -> None:
         self.provider = provider
         self.config = config
         self.log = log
         self.slots = [Slot(self, i) for i in range(config.workers_per_provider)]
         self.on_restart = on_restart
-        self.on_session_end = on_session_end
-        self.on_sessions_lost = on_sessions_lost
+        self.on_heartbeat = on_heartbeat
         self._changed = trio.Event()
 
     def changed(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import trio
 
@@ -87,7 +86,15 @@ async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
         upstream_observer=profile.observer,
     )
     stats = SpliceStats()
-    connect = partial(open_upstream, profile.url, profile.query, profile.headers)
+    session.traffic = lambda: (stats.frames_up, stats.frames_down, stats.bytes_up, stats.bytes_down)
+    session.connect_latency = lambda: stats.upstream_connect_seconds
+
+    async def connect() -> tuple[trio.abc.Stream, bytes]:
+        started = trio.current_time()
+        result = await open_upstream(profile.url, profile.query, profile.headers)
+        session.log.info("upstream connected", latency_ms=round((trio.current_time() - started) * 1000, 1))
+        return result
+
     session.log.info("session accepted", route=session.route, peer=session.peer)
     try:
         await run_splice(session.stream, session.handshake.leftover, connect, policy, stats, session.shutdown)
@@ -96,15 +103,9 @@ async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
 
 
 def record(session: Session, stats: SpliceStats) -> None:
-    """Fold one finished relay into the worker counters and the session's close line."""
+    """Fold one finished relay into the worker counters and the session's close line
+    (traffic counts are folded by the runtime through `session.traffic`)."""
     counters = session.counters
-    route = session.route
-    counters.frames[f"{route}|up"] += stats.frames_up
-    counters.frames[f"{route}|down"] += stats.frames_down
-    counters.bytes[f"{route}|up"] += stats.bytes_up
-    counters.bytes[f"{route}|down"] += stats.bytes_down
-    if stats.upstream_connect_seconds is not None:
-        counters.connect_seconds.append(stats.upstream_connect_seconds)
     if stats.sent_client_close_code is not None:
         counters.closes[f"client|{stats.sent_client_close_code}"] += 1
     session.summary.update(

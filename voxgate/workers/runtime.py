@@ -30,7 +30,8 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass
 class WorkerCounters:
-    """Totals since the worker started; shipped in every heartbeat for /metrics."""
+    """Counts since the last heartbeat; each heartbeat ships them and starts afresh, so the
+    supervisor can keep monotonic totals across worker restarts."""
 
     sessions_total: Counter = field(default_factory=Counter)  # route -> count
     frames: Counter = field(default_factory=Counter)  # "route|up" / "route|down" -> frames
@@ -39,16 +40,20 @@ class WorkerCounters:
     upstream_failures: Counter = field(default_factory=Counter)  # kind -> count
     connect_seconds: list[float] = field(default_factory=list)  # recent upstream connect latencies
 
-    def snapshot(self) -> dict[str, Any]:
-        latencies, self.connect_seconds = self.connect_seconds, []
-        return {
+    def take(self) -> dict[str, Any]:
+        """The deltas since the previous call, as plain JSON-able dicts."""
+        out = {
             "sessions_total": dict(self.sessions_total),
             "frames": dict(self.frames),
             "bytes": dict(self.bytes),
             "closes": dict(self.closes),
             "upstream_failures": dict(self.upstream_failures),
-            "connect_seconds": latencies,
+            "connect_seconds": self.connect_seconds,
         }
+        for counter in (self.sessions_total, self.frames, self.bytes, self.closes, self.upstream_failures):
+            counter.clear()
+        self.connect_seconds = []
+        return out
 
 
 @dataclass
@@ -67,6 +72,30 @@ class Session:
     preread: bytes = b""  # every byte the supervisor read, request head included
     shutdown: trio.Event = field(default_factory=trio.Event)
     summary: dict[str, Any] = field(default_factory=dict)  # handler fills: codes, frames, bytes
+    # (frames_up, frames_down, bytes_up, bytes_down) so far; set by the handler so traffic
+    # shows in /metrics while the session runs, not only when it ends
+    traffic: Callable[[], tuple[int, int, int, int]] | None = None
+    connect_latency: Callable[[], float | None] | None = None
+    _reported: tuple[int, int, int, int] = (0, 0, 0, 0)
+    _latency_reported: bool = False
+
+    def fold_traffic(self) -> None:
+        """Add the traffic since the last fold (and the connect latency, once) to the counters."""
+        if not self._latency_reported and self.connect_latency is not None:
+            latency = self.connect_latency()
+            if latency is not None:
+                self.counters.connect_seconds.append(latency)
+                self._latency_reported = True
+        if self.traffic is None:
+            return
+        now = self.traffic()
+        last = self._reported
+        self._reported = now
+        route = self.route
+        self.counters.frames[f"{route}|up"] += now[0] - last[0]
+        self.counters.frames[f"{route}|down"] += now[1] - last[1]
+        self.counters.bytes[f"{route}|up"] += now[2] - last[2]
+        self.counters.bytes[f"{route}|down"] += now[3] - last[3]
 
 
 Handler = Callable[[Session], Awaitable[None]]
@@ -128,9 +157,11 @@ class Worker:
     async def _heartbeat(self, channel: Channel) -> None:
         while True:
             await trio.sleep(self.config.heartbeat_interval)
+            for session in self.sessions.values():
+                session.fold_traffic()
             try:
                 await channel.send(
-                    {"t": "hb", "active": len(self.sessions), "stats": self.counters.snapshot()}
+                    {"t": "hb", "active": len(self.sessions), "stats": self.counters.take()}
                 )
             except ChannelClosed:
                 return
@@ -182,6 +213,7 @@ class Worker:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+                session.fold_traffic()
                 del self.sessions[sid]
                 self._idle.set()
                 self._idle = trio.Event()

@@ -176,7 +176,7 @@ class TranslatorSession:
             self.done.set()
             return
         latency = trio.current_time() - started
-        self.session.counters.connect_seconds.append(latency)
+        self.session.connect_latency = lambda: latency
         self.session.summary["connect_ms"] = round(latency * 1000, 1)
         self.session.log.info("upstream connected", latency_ms=round(latency * 1000, 1))
         await self.feed(self.core.upstream_open)
@@ -266,11 +266,9 @@ def _classify(exc: BaseException) -> UpstreamConnectError:
 async def run_translator(session: Session) -> None:
     """Route handler for `/openai` and `/openai/v1/agent/converse`."""
     translator = TranslatorSession(session)
+    stats = translator.stats
+    session.traffic = lambda: (stats["frames_up"], stats["frames_down"], stats["bytes_up"], stats["bytes_down"])
     try:
         await translator.run()
     finally:
-        session.summary.update(translator.stats)
-        for key, value in translator.stats.items():
-            direction = "up" if key.endswith("_up") else "down"
-            bucket = session.counters.frames if key.startswith("frames") else session.counters.bytes
-            bucket[f"{session.route}|{direction}"] += value
+        session.summary.update(stats)

@@ -28,7 +28,9 @@ __all__ = [
     "TOOL_RESULTS_SENTENCE",
 ]
 
-TOOL_RESULTS_SENTENCE = "When you receive results from tool calls, use them in your reply to the user."
+TOOL_RESULTS_SENTENCE = (
+    "When you receive results from tool calls, use them in your reply to the user."
+)
 CONTEXT_HEADER = "Previous conversation:"
 TRANSCRIPTION_MODEL = "gpt-4o-transcribe"
 IDLE_TIMEOUT_BOUNDS_MS = (5000, 30000)
@@ -327,7 +329,11 @@ def user_message_event(text: str) -> dict[str, Any]:
     """`conversation.item.create` for an InjectUserMessage."""
     return {
         "type": "conversation.item.create",
-        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        },
     }
 
 

@@ -258,8 +258,17 @@ class _Response:
 class Translator:
     """Per-connection state machine (openai-translator §6). Feed events, perform the actions.
 
-    Timers the wrapper runs: "commit_debounce" (0.4 s) and "commit_coalesce" (0.6 s) in manual
-    commit mode only, "deferred_create" (`deferred_create_timeout`) after function results.
+    What the I/O wrapper does with it:
+    - `start()` on accept (Welcome), `upstream_open()` when the upstream handshake is done, or
+      `upstream_failed()` when it cannot be; then every frame of either leg, in arrival order.
+    - Actions are performed in list order. `ArmTimer` replaces a running timer of that name;
+      `CancelTimer` of a timer that is not running is a no-op; a stale expiry is ignored.
+      Timers: "commit_debounce" (0.4 s) and "commit_coalesce" (0.6 s) in manual-commit mode
+      only, "deferred_create" (`deferred_create_timeout`) after function results.
+    - While `pending_bytes > max_pending_bytes`, stop reading the client (D30); the value falls
+      when the upstream opens / sends `session.updated`, and to 0 on close.
+    - `CloseUpstream` can come before the upstream is open (client gone, gateway limit): abandon
+      the connect. Once `closed` is True every method returns [] and the wrapper stops feeding.
     """
 
     UPSTREAM_HANDLERS: ClassVar[dict[str, str]] = {
@@ -469,8 +478,12 @@ class Translator:
             handler(*args)
         except Exception as exc:  # never let one bad frame take the connection down
             self.internal_errors += 1
-            self._log("error", "translator internal error", where=handler.__name__, exc=type(exc).__name__)
-            self._error("internal_error", "The gateway could not process a message; it was dropped.")
+            self._log(
+                "error", "translator internal error", where=handler.__name__, exc=type(exc).__name__
+            )
+            self._error(
+                "internal_error", "The gateway could not process a message; it was dropped."
+            )
         out, self._out = self._out, []
         return out
 
@@ -543,7 +556,9 @@ class Translator:
             )
             self._finish(client=(1008, "upstream auth failed"), upstream=None)
         else:
-            self._error("upstream_unavailable", f"Could not connect to the OpenAI Realtime API{shown}.")
+            self._error(
+                "upstream_unavailable", f"Could not connect to the OpenAI Realtime API{shown}."
+            )
             self._finish(client=(1011, "upstream unavailable"), upstream=None)
 
     def _on_client_closed(self, code: int | None, reason: str) -> None:
@@ -557,10 +572,14 @@ class Translator:
         ):  # R10b
             self._pad_pending_audio()
             self._to_upstream(COMMIT)
-            self._to_upstream(_dumps({"type": "response.create", "event_id": self._next_event_id("rc")}))
+            self._to_upstream(
+                _dumps({"type": "response.create", "event_id": self._next_event_id("rc")})
+            )
             self._log("info", "flushed pending audio on client close", bytes=self._pending_audio)
             self._pending_audio = 0
-        self._finish(client=None, upstream=(map_close_code(code, toward="upstream"), "client closed"))
+        self._finish(
+            client=None, upstream=(map_close_code(code, toward="upstream"), "client closed")
+        )
 
     def _on_upstream_closed(self, code: int | None, reason: str) -> None:
         self._log("info", "upstream closed", code=code)
@@ -573,7 +592,9 @@ class Translator:
                 f"Upstream closed before session ready (code {1005 if code is None else code}"
                 f"{detail}). Session may not have been applied.",
             )
-        self._finish(client=(map_close_code(code, toward="client"), "upstream closed"), upstream=None)
+        self._finish(
+            client=(map_close_code(code, toward="client"), "upstream closed"), upstream=None
+        )
 
     def _on_gateway_limit(self, code: str) -> None:
         if not isinstance(code, str) or code not in GATEWAY_LIMITS:
@@ -625,7 +646,9 @@ class Translator:
         try:
             msg = orjson.loads(data)
         except orjson.JSONDecodeError:
-            self._error("unparsable_client_message", "Client text frame is not valid JSON; it was dropped.")
+            self._error(
+                "unparsable_client_message", "Client text frame is not valid JSON; it was dropped."
+            )
             return
         mtype = msg.get("type") if isinstance(msg, dict) else None
         name = mtype if isinstance(mtype, str) and mtype else None
@@ -700,7 +723,9 @@ class Translator:
     def _send_session_update(self, session: dict[str, Any], kind: str) -> None:
         event_id = self._next_event_id("su")
         self._update_kinds.append((event_id, kind))
-        self._to_upstream(_dumps({"type": "session.update", "event_id": event_id, "session": session}))
+        self._to_upstream(
+            _dumps({"type": "session.update", "event_id": event_id, "session": session})
+        )
 
     def _queue_until_ready(self, kind: str, text: str, raw: str) -> None:
         size = _utf8_len(raw)
@@ -737,7 +762,9 @@ class Translator:
             self._held_prompts.append(prompt)
             return
         self._instructions = f"{self._instructions}\n\n{prompt}" if self._instructions else prompt
-        self._send_session_update({"type": "realtime", "instructions": self._instructions}, "prompt")
+        self._send_session_update(
+            {"type": "realtime", "instructions": self._instructions}, "prompt"
+        )
 
     def _c_inject_agent(self, msg: dict[str, Any], raw: str) -> None:
         message = msg.get("message")
@@ -761,7 +788,9 @@ class Translator:
             self._agent_echoes.append(message.strip())
 
     def _c_update_speak(self, msg: dict[str, Any], raw: str) -> None:
-        self._error("unsupported_client_message", "UpdateSpeak is not supported by the OpenAI translator")
+        self._error(
+            "unsupported_client_message", "UpdateSpeak is not supported by the OpenAI translator"
+        )
 
     def _c_function_call_response(self, msg: dict[str, Any], raw: str) -> None:
         self._to_upstream(_dumps(function_call_output_event(msg)))
@@ -771,7 +800,11 @@ class Translator:
             self._outstanding_calls.discard(call_id)
             self._answered_calls.add(call_id)
         if self._outstanding_calls:  # D25: wait for every requested call's output
-            self._log("debug", "function output sent; waiting for more", waiting=len(self._outstanding_calls))
+            self._log(
+                "debug",
+                "function output sent; waiting for more",
+                waiting=len(self._outstanding_calls),
+            )
             return
         self._deferred_armed = True
         self._arm(TIMER_DEFERRED_CREATE, self.deferred_create_timeout)
@@ -780,7 +813,9 @@ class Translator:
 
     def _c_audio(self, data: bytes) -> None:
         if self._forwarded and self._input_format.is_linear16 and len(data) % 2:
-            self._error("invalid_audio_frame", "Binary audio frame has an odd byte length; it was dropped.")
+            self._error(
+                "invalid_audio_frame", "Binary audio frame has an odd byte length; it was dropped."
+            )
             return
         if not self._ready:  # R5
             self._audio_queue.append(data)
@@ -793,7 +828,10 @@ class Translator:
         """Append one client frame upstream (D3, D4); True when something was sent."""
         if self._input_format.is_linear16:
             if len(data) % 2:
-                self._error("invalid_audio_frame", "Binary audio frame has an odd byte length; it was dropped.")
+                self._error(
+                    "invalid_audio_frame",
+                    "Binary audio frame has an odd byte length; it was dropped.",
+                )
                 return False
             resampler = self._in_resampler
             size = len(data) if resampler is None else resampler.output_size(len(data))
@@ -801,7 +839,10 @@ class Translator:
             resampler = None
             size = len(data)
         if size > MAX_APPEND_BYTES:
-            self._error("audio_frame_too_large", "Binary audio frame is too large for one append; it was dropped.")
+            self._error(
+                "audio_frame_too_large",
+                "Binary audio frame is too large for one append; it was dropped.",
+            )
             return False
         pcm = data if resampler is None else resampler.push(data)
         if not pcm:
@@ -897,8 +938,12 @@ class Translator:
     def _flush_held_prompts(self) -> None:
         while self._held_prompts:
             prompt = self._held_prompts.popleft()
-            self._instructions = f"{self._instructions}\n\n{prompt}" if self._instructions else prompt
-            self._send_session_update({"type": "realtime", "instructions": self._instructions}, "prompt")
+            self._instructions = (
+                f"{self._instructions}\n\n{prompt}" if self._instructions else prompt
+            )
+            self._send_session_update(
+                {"type": "realtime", "instructions": self._instructions}, "prompt"
+            )
 
     def _lookup(self, response_id: Any) -> _Response:
         """The per-response state an event belongs to (D23)."""
@@ -956,7 +1001,11 @@ class Translator:
         try:
             event = orjson.loads(data)
         except (orjson.JSONDecodeError, TypeError):
-            self._log("warning", "upstream frame is not JSON", length=len(data) if hasattr(data, "__len__") else 0)
+            self._log(
+                "warning",
+                "upstream frame is not JSON",
+                length=len(data) if hasattr(data, "__len__") else 0,
+            )
             self._error(
                 "unmapped_upstream_event",
                 "Proxy received upstream message that could not be parsed as JSON.",

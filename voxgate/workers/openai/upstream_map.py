@@ -195,7 +195,11 @@ def _part_text(part: Any) -> str:
             return part[key].strip()
     for key in ("output_text", "input_text"):
         nested = part.get(key)
-        if isinstance(nested, dict) and isinstance(nested.get("text"), str) and nested["text"].strip():
+        if (
+            isinstance(nested, dict)
+            and isinstance(nested.get("text"), str)
+            and nested["text"].strip()
+        ):
             return nested["text"].strip()
     if isinstance(part.get("content"), str):
         return part["content"].strip()
