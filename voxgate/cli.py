@@ -120,6 +120,9 @@ GATEWAY_OPTIONS: list[Callable] = [
     click.option("--trust-proxy-headers/--no-trust-proxy-headers", envvar="VOXGATE_TRUST_PROXY_HEADERS",
                  default=False, show_default=True,
                  help="Take the client IP from the last X-Forwarded-For hop (only behind your own proxy)."),
+    click.option("--tls-cert", envvar="VOXGATE_TLS_CERT", default=None,
+                 help="PEM certificate chain: serve https/wss on the same port (needs --tls-key)."),
+    click.option("--tls-key", envvar="VOXGATE_TLS_KEY", default=None, help="PEM private key for --tls-cert."),
     click.option("--log-level", envvar=["VOXGATE_LOG_LEVEL", "LOG_LEVEL"],
                  type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True),
     click.option("--log-format", envvar="VOXGATE_LOG_FORMAT", type=click.Choice(["text", "json"]),
@@ -161,6 +164,7 @@ def _key(provider: str, key_file: str | None) -> str | None:
 
 def build_config(opts: dict[str, Any]) -> Config:
     """Validate options into a Config; raises ConfigError with a one-line message."""
+    check_tls(opts["tls_cert"], opts["tls_key"])
     if opts["token_secret"] and not opts["admin_token"]:
         raise ConfigError("--token-secret needs --admin-token (it authorizes POST /v1/tokens)")
     return Config(
@@ -195,9 +199,25 @@ def build_config(opts: dict[str, Any]) -> Config:
         max_sessions_per_ip=opts["max_sessions_per_ip"],
         max_new_sessions_per_ip_per_minute=opts["max_new_sessions_per_ip_per_minute"],
         trust_proxy_headers=opts["trust_proxy_headers"],
+        tls_cert=opts["tls_cert"],
+        tls_key=opts["tls_key"],
         log_level=opts["log_level"].lower(),
         log_format=opts["log_format"],
     )
+
+
+def check_tls(cert: str | None, key: str | None) -> None:
+    """Both PEM files or neither, and they must load."""
+    if not cert and not key:
+        return
+    if not (cert and key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate/key: {getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
 
 
 def _env_flag(name: str) -> bool:
@@ -257,7 +277,7 @@ async def _serve(config: Config, log: logs.EventLog) -> None:
         config = dataclasses.replace(config, port=port)
     supervisor = Supervisor(config, log)
     supervisor.port = port
-    for line in [*startup_notes(config), *endpoint_lines(config)]:
+    for line in [*startup_notes(config), *endpoint_lines(config, tls=bool(config.tls_cert))]:
         click.echo(line)
     click.echo(f"voxgate {__version__} listening on {config.host}:{port} (pid {os.getpid()})")
     sys.stdout.flush()

@@ -92,6 +92,7 @@ class Conversation:
     path: str
     printer: Printer
     describe: Callable[[dict[str, Any]], str | None]
+    nursery: trio.Nursery
     started: float = field(default_factory=trio.current_time)
     waiting_for: str = ""
     audio_frames: int = 0
@@ -100,28 +101,37 @@ class Conversation:
     _pending_bytes: int = 0
 
     def line(self, text: str) -> None:
+        """One transcript line; received audio not yet shown is summed up first."""
+        self._flush_audio()
+        self._emit(text)
+
+    def _emit(self, text: str) -> None:
         elapsed = (trio.current_time() - self.started) * 1000
         self.printer.detail(f"[{elapsed:8.1f} ms] {self.path:<26} {text}")
 
     def _flush_audio(self) -> None:
         if self._pending_frames:
-            self.line(f"<- audio: {self._pending_frames} binary frames, {self._pending_bytes} bytes")
+            self._emit(f"<- audio: {self._pending_frames} binary frames, {self._pending_bytes} bytes")
             self._pending_frames = self._pending_bytes = 0
 
     async def send_json(self, message: dict[str, Any], note: str | None = None) -> None:
-        self._flush_audio()
         self.line(f"-> {note or message.get('type')}")
         await self.ws.send_message(orjson.dumps(message).decode())
 
-    async def send_audio(self, frames: list[bytes], note: str) -> None:
-        """Send frames paced like a live microphone (one every FRAME_MS)."""
-        self._flush_audio()
+    def stream_audio(self, frames: list[bytes], note: str) -> None:
+        """Start sending frames paced like a live microphone (one every FRAME_MS) while
+        the script goes on reading, so replies show up with their real timing."""
         self.line(f"-> {note}")
-        next_at = trio.current_time()
-        for frame in frames:
-            await self.ws.send_message(frame)
-            next_at += FRAME_MS / 1000
-            await trio.sleep_until(next_at)
+
+        async def pace() -> None:
+            next_at = trio.current_time()
+            for frame in frames:
+                await self.ws.send_message(frame)
+                next_at += FRAME_MS / 1000
+                await trio.sleep_until(next_at)
+            self.line(f"-> (audio done: {len(frames)} frames sent)")
+
+        self.nursery.start_soon(pace)
 
     async def receive(self) -> Message:
         raw = await self.ws.get_message()
@@ -155,13 +165,10 @@ class Conversation:
                 self.waiting_for = ""
                 return msg
             if msg.get("type") in ("Error", "error"):
-                raise StepFailed(f"got an error while waiting for {what}: {_error_text(msg)}")
+                raise StepFailed(f"got an error while waiting for {self.waiting_for}: {_error_text(msg)}")
 
     async def expect_type(self, kind: str) -> dict[str, Any]:
         return await self.expect(kind, lambda m: m.get("type") == kind)
-
-    async def finish(self) -> None:
-        self._flush_audio()
 
 
 def _error_text(msg: dict[str, Any]) -> str:
@@ -177,8 +184,8 @@ def _describe_agent(msg: dict[str, Any]) -> str | None:
     if kind == "ConversationText":
         return f"{msg.get('role')}: {_short(str(msg.get('content', '')))}"
     if kind == "Transcript":
-        final = " (final)" if msg.get("is_final") else ""
-        return f"<- Transcript{final}: {_short(str(msg.get('transcript', '')))}"
+        # Interim transcripts grow word by word; the final one says it all.
+        return f"<- Transcript: {_short(str(msg.get('transcript', '')))}" if msg.get("is_final") else None
     if kind == "FunctionCallRequest":
         calls = msg.get("functions") or []
         shown = ", ".join(f"{c.get('name')}({_short(str(c.get('arguments', '')), 60)})" for c in calls)
@@ -292,19 +299,29 @@ def _is_assistant(msg: dict[str, Any], contains: str = "") -> bool:
     )
 
 
-async def _agent_start(conv: Conversation, settings: dict[str, Any]) -> None:
+async def _agent_start(conv: Conversation, settings: dict[str, Any], extra: str = "") -> None:
     await conv.expect_type("Welcome")
-    await conv.send_json(settings)
+    await conv.send_json(settings, f"Settings (mic linear16 16 kHz, output linear16 24 kHz{', ' + extra if extra else ''})")
     await conv.expect_type("SettingsApplied")
 
 
-async def _agent_reply(conv: Conversation, contains: str) -> dict[str, Any]:
-    """Assistant text containing `contains`, then its audio, then AgentAudioDone."""
-    reply = await conv.expect(f"assistant text with {contains!r}", lambda m: _is_assistant(m, contains))
-    await conv.expect_type("AgentAudioDone")
-    if conv.audio_frames == 0:
-        raise StepFailed("the reply carried no audio")
-    return reply
+async def _agent_reply(conv: Conversation, contains: str) -> None:
+    """The agent's spoken reply: assistant text containing `contains` and an AgentAudioDone
+    that follows reply audio, in either order (the translator may send the text last)."""
+    frames_before = conv.audio_frames
+    got_text = got_done = False
+
+    def reply_complete(msg: dict[str, Any]) -> bool:
+        nonlocal got_text, got_done
+        got_text = got_text or _is_assistant(msg, contains)
+        if msg.get("type") == "AgentAudioDone" and conv.audio_frames > frames_before:
+            got_done = True
+        conv.waiting_for = (
+            "AgentAudioDone after reply audio" if got_text else f"assistant text with {contains!r}"
+        )
+        return got_text and got_done
+
+    await conv.expect(f"assistant text with {contains!r}", reply_complete)
 
 
 async def translator_text(conv: Conversation) -> None:
@@ -318,7 +335,7 @@ async def translator_text(conv: Conversation) -> None:
 async def translator_audio(conv: Conversation) -> None:
     await _agent_start(conv, agent_settings(prompt=PROMPT))
     frames = mic_frames(TONE_MS, SILENCE_MS)
-    await conv.send_audio(
+    conv.stream_audio(
         frames,
         f"mic audio: {TONE_MS} ms tone + {SILENCE_MS} ms silence "
         f"({len(frames)} frames of {FRAME_MS} ms, 16 kHz PCM16)",
@@ -329,7 +346,7 @@ async def translator_audio(conv: Conversation) -> None:
 
 
 async def translator_function_call(conv: Conversation) -> None:
-    await _agent_start(conv, agent_settings(prompt=PROMPT, functions=[WEATHER_FUNCTION]))
+    await _agent_start(conv, agent_settings(prompt=PROMPT, functions=[WEATHER_FUNCTION]), "functions: get_weather")
     text = "Please get weather for Paris."
     await conv.send_json({"type": "InjectUserMessage", "content": text}, f"InjectUserMessage: {text}")
     request = await conv.expect_type("FunctionCallRequest")
@@ -353,7 +370,7 @@ async def deepgram_agent(conv: Conversation) -> None:
 
 async def deepgram_listen(conv: Conversation) -> None:
     frames = mic_frames(TONE_MS, 100)
-    await conv.send_audio(frames, f"audio: {TONE_MS} ms tone + 100 ms silence (16 kHz PCM16)")
+    conv.stream_audio(frames, f"audio: {TONE_MS} ms tone + 100 ms silence (16 kHz PCM16, {FRAME_MS} ms frames)")
     final = await conv.expect(
         "a final Results with a transcript",
         lambda m: m.get("type") == "Results" and bool(m.get("is_final")) and bool(_listen_transcript(m)),
@@ -436,9 +453,10 @@ async def run_step(gw: GatewayProcess, step: Step, index: int, printer: Printer)
             async with open_websocket_url(
                 url, connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT
             ) as ws:
-                conv = Conversation(ws, step.path, printer, step.describe, started=started)
-                await step.play(conv)
-                await conv.finish()
+                async with trio.open_nursery() as nursery:
+                    conv = Conversation(ws, step.path, printer, step.describe, nursery, started=started)
+                    await step.play(conv)
+                    nursery.cancel_scope.cancel()
     except trio.TooSlowError:
         waiting = f" waiting for {conv.waiting_for}" if conv and conv.waiting_for else ""
         error = f"timed out after {STEP_TIMEOUT:g} s{waiting}"

@@ -9,6 +9,8 @@ piece of that key reached the gateway's output or any byte sent to a client.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import orjson
 import pytest
 import trio
@@ -73,6 +75,8 @@ class Harness:
 async def dg(gateway_factory):
     harness = Harness(gateway_factory)
     yield harness
+    for client in harness.clients:  # so the gateways stop at once, not after a close timeout
+        await client.aclose()
     assert not harness.leaks(), "a piece of the key or client token left the gateway"
 
 
@@ -277,7 +281,7 @@ async def test_upstream_close_reasons_pass_through_within_123_bytes(dg, sim):
     gw = await dg.gateway(sim.port)
     long_reason = "é" * 80  # 160 bytes: the simulator's library cuts it to 122 on a character boundary
     with trio.fail_after(5):
-        client = await dg.connect(gw, f"{AGENT}?sim_fault=close_reason:4002&sim_close_reason={long_reason}")
+        client = await dg.connect(gw, f"{AGENT}?sim_fault=close_reason:4002&sim_close_reason={quote(long_reason)}")
         code, reason = await client.expect_close()
         assert code == 4002
         assert len(reason) <= 123 and reason.decode("utf-8") == "é" * 61
@@ -375,6 +379,7 @@ async def test_upstream_failures_listen_and_speak_get_a_close_only(dg, sim):
             assert (path, op) == (path, OP_CLOSE)
             assert int.from_bytes(payload[:2], "big") == close
             assert len(payload) - 2 <= 123
+            await client.send_frame(OP_CLOSE, payload[:2])
             await client.wait_eof()
     with trio.fail_after(5):
         await agent_works(dg, gw)

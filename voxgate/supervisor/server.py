@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hmac
 import signal
+import socket
+import ssl
 import uuid
 from typing import Any
 
@@ -34,6 +36,40 @@ from voxgate.supervisor.workers import ProviderPool, Worker
 HANDOFF_ATTEMPTS = 3
 
 
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close politely (TLS close_notify) within a second, else forcefully."""
+    with trio.move_on_after(1):
+        try:
+            await stream.aclose()
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
+def _socket_pair() -> tuple[trio.SocketStream, socket.socket]:
+    """(our trio end, the plain end to hand to a worker) of an AF_UNIX stream pair."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(ours)), theirs
+
+
+async def pump(outside: trio.abc.Stream, inside: trio.SocketStream) -> None:
+    """Move bytes both ways between the TLS client and the worker's socket-pair end."""
+
+    async def copy(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream, done: trio.CancelScope) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        done.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(copy, outside, inside, nursery.cancel_scope)
+        nursery.start_soon(copy, inside, outside, nursery.cancel_scope)
+
+
 class Supervisor:
     """Owns the listener, the worker pools and the per-connection decision."""
 
@@ -51,7 +87,11 @@ class Supervisor:
             for provider in config.enabled_providers
         }
         self.draining = False
-        self.tls = False
+        self.ssl_context: ssl.SSLContext | None = None
+        if config.tls_cert and config.tls_key:
+            self.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
+        self.tls = self.ssl_context is not None
         self.port = config.port
         self.admission = Admission(
             AdmissionConfig(
@@ -157,27 +197,39 @@ class Supervisor:
 
     # -- connections --------------------------------------------------------------------
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """One accepted connection; never raises (a bad client must not hurt the listener)."""
-        handed_off = False
+    async def handle(self, tcp: trio.SocketStream) -> None:
+        """One accepted connection; never raises (a bad client must not hurt the listener).
+
+        Plain TCP: after a hand-off the worker owns the socket and our copy is closed.
+        TLS: a TLS session cannot move between processes, so the worker gets one end of a
+        socket pair and this task pumps decrypted bytes until either side closes."""
+        stream: trio.abc.Stream = tcp
+        if self.ssl_context is not None:
+            stream = trio.SSLStream(tcp, self.ssl_context, server_side=True, https_compatible=True)
+        handed_off: trio.SocketStream | None = None
         try:
-            handed_off = await self._handle(stream)
+            handed_off = await self._handle(stream, tcp.socket.getpeername()[0])
+            if handed_off is not None and handed_off is not tcp:
+                await pump(stream, handed_off)
         except Exception as exc:  # noqa: BLE001 - the listener must survive anything
             self.log.error("connection handler failed", error=exc.__class__.__name__)
         finally:
-            if not handed_off:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await stream.aclose()
+            if handed_off is tcp:
+                tcp.socket.close()
             else:
-                stream.socket.close()
+                with trio.CancelScope(shield=True):
+                    await _close(stream)
+                    if handed_off is not None:
+                        await trio.aclose_forcefully(handed_off)
 
-    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
+    async def _send(self, stream: trio.abc.Stream, data: bytes) -> None:
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
-    async def _handle(self, stream: trio.SocketStream) -> bool:
+    async def _handle(self, stream: trio.abc.Stream, peer_ip: str) -> trio.SocketStream | None:
+        """Answer or hand off; returns the stream now owned by a worker's end, or None."""
         try:
             head = await read_head(
                 stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout, max_body=8192
@@ -185,26 +237,26 @@ class Supervisor:
         except HeadError as exc:
             self.log.info("request rejected", status=exc.status, reason=exc.detail)
             await self._send(stream, response(exc.status, tls=self.tls))
-            return False
+            return None
         path, query = split_target(head.target)
         if not head.is_websocket:
             await self._send(stream, self.http_answer(head, path))
-            return False
+            return None
         route = self.router.websocket_route(path, query)
         if route is None:
             await self._send(stream, response(404, "Not Found", tls=self.tls))
-            return False
+            return None
         pool = self.pools.get(route.provider)
         if pool is None:
             var = KEY_VARS[route.provider]
             body = {"error": "provider_disabled", "message": f"{route.provider} is off: {var} is not set", "missing": var}
             await self._send(stream, response(503, body, tls=self.tls))
-            return False
+            return None
         if self.draining:
             self.metrics.rejections.labels("draining").inc()
             await self._send(stream, response(503, {"error": "draining"}, headers=[("Retry-After", "5")], tls=self.tls))
-            return False
-        ip = self.admission.client_ip(head, stream.socket.getpeername()[0])
+            return None
+        ip = self.admission.client_ip(head, peer_ip)
         rejection = self.admission.check(
             head, query, route.provider, ip,
             total_sessions=self.total_sessions(), ip_sessions=self.ip_sessions(ip), now=trio.current_time(),
@@ -213,7 +265,7 @@ class Supervisor:
             self.metrics.rejections.labels(rejection.reason).inc()
             self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason, ip=ip)
             await self._send(stream, response(rejection.status, rejection.body(), headers=rejection.headers(), tls=self.tls))
-            return False
+            return None
         return await self._hand_off(stream, head, route, pool, query, ip)
 
     def total_sessions(self) -> int:
@@ -225,9 +277,9 @@ class Supervisor:
         )
 
     async def _hand_off(
-        self, stream: trio.SocketStream, head: Head, route: Route, pool: ProviderPool,
+        self, stream: trio.abc.Stream, head: Head, route: Route, pool: ProviderPool,
         query: list[tuple[str, str]], ip: str,
-    ) -> bool:
+    ) -> trio.SocketStream | None:
         sid = uuid.uuid4().hex[:16]
         trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
         header = {
@@ -238,17 +290,27 @@ class Supervisor:
             worker: Worker | None = await pool.wait_for_worker(self.config.worker_wait)
             if worker is None:
                 break
+            if isinstance(stream, trio.SocketStream):
+                ours, theirs = stream, stream.socket
+            else:
+                ours, theirs = _socket_pair()
             try:
-                await worker.hand_off(header, head.raw, stream.socket.fileno())
+                await worker.hand_off(header, head.raw, theirs.fileno())
             except ChannelClosed:
+                if ours is not stream:
+                    ours.socket.close()
+                    theirs.close()
                 continue
+            finally:
+                if ours is not stream:
+                    theirs.close()
             self.metrics.sessions_total.labels(route.provider, route.kind).inc()
             self.log.debug("handed off", sid=sid, trace=header["trace"], route=route.name, worker=worker.worker_id)
-            return True
+            return ours
         self.log.warning("no worker ready", route=route.name, sid=sid)
         body = {"error": "worker_unavailable", "message": f"no {route.provider} worker is ready, retry shortly"}
         await self._send(stream, response(503, body, headers=[("Retry-After", "2")], tls=self.tls))
-        return False
+        return None
 
     # -- lifecycle ----------------------------------------------------------------------
 

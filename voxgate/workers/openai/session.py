@@ -57,6 +57,7 @@ class TranslatorSession:
         self.client: tws.WebSocketConnection | None = None
         self.upstream: tws.WebSocketConnection | None = None
         self.upstream_ready = trio.Event()
+        self.progress = trio.Event()  # set after every upstream event: pending may have drained
         self.timers: dict[str, trio.CancelScope] = {}
         self.last_client_activity = trio.current_time()
         self.client_closed = False
@@ -172,7 +173,7 @@ class TranslatorSession:
             self.session.counters.upstream_failures[err.kind] += 1
             self.session.log.warning("upstream failed", kind=err.kind, status=err.status)
             self.upstream_closed = True
-            await self.feed(partial(self.core.upstream_failed, auth=err.auth))
+            await self.feed(partial(self.core.upstream_failed, auth=err.auth, status=err.status))
             self.done.set()
             return
         latency = trio.current_time() - started
@@ -181,14 +182,17 @@ class TranslatorSession:
         self.session.log.info("upstream connected", latency_ms=round(latency * 1000, 1))
         await self.feed(self.core.upstream_open)
         self.upstream_ready.set()
+        self.progress.set()
+        self.progress = trio.Event()
         await self._read_upstream()
 
     async def _read_client(self) -> None:
         assert self.client is not None
         limit = self.session.config.max_message_bytes
         while True:
-            if self.core.pending_bytes > self.max_pending and not self.upstream_ready.is_set():
-                await self.upstream_ready.wait()
+            while self.core.pending_bytes > self.max_pending and not self.core.ready and not self.core.closed:
+                # D30 backpressure: stop reading the client until the upstream catches up
+                await self.progress.wait()
             try:
                 message = await self.client.get_message()
             except tws.ConnectionClosed as exc:
@@ -218,6 +222,8 @@ class TranslatorSession:
                 self.done.set()
                 return
             await self.feed(partial(self.core.upstream_message, message))
+            self.progress.set()
+            self.progress = trio.Event()
 
     async def _limits(self) -> None:
         """Idle timeout, max duration and drain, each ending with the core's Error + close."""
