@@ -81,7 +81,7 @@ class Loop:
             if now >= until_ns:
                 return False
             wake = until_ns if not timers or timers[0][0] > until_ns else timers[0][0]
-            timeout = max(0.0, (wake - now) / 1e9)
+            timeout = min(1.0, max(0.0, (wake - now) / 1e9))
             for fd, ev in poll(timeout, 1024):
                 handler = handlers.get(fd)
                 if handler is not None:

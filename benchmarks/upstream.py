@@ -28,7 +28,6 @@ from benchmarks.evloop import EPOLLERR_HUP, EPOLLIN, EPOLLOUT, RECV_SIZE, Loop
 from benchmarks.wire import (
     HEAD_END,
     MAX_HEAD,
-    OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,

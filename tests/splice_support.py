@@ -229,6 +229,29 @@ async def echo_upstream(peer: RawPeer) -> None:
             return
 
 
+class WrappedStream(trio.abc.HalfCloseableStream):
+    """A stream that is not a trio.SocketStream (like an SSLStream or a replaying wrapper):
+    makes the engine use plain send_all instead of its socket fast path."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @dataclass
 class Session:
     stats: SpliceStats = field(default_factory=SpliceStats)
@@ -254,7 +277,9 @@ class SpliceEnv:
         connect: Connect | None = None,
         shutdown: trio.Event | None = None,
         gateway_rcvbuf: int | None = None,
+        wrap_streams: bool = False,
     ) -> None:
+        self.wrap_streams = wrap_streams
         self.nursery = nursery
         self.policy = policy or SplicePolicy()
         self.upstream_handler = upstream_handler
@@ -331,7 +356,7 @@ class SpliceEnv:
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-        return stream, rest
+        return (WrappedStream(stream) if self.wrap_streams else stream), rest
 
     async def _serve_gateway(self, stream: trio.SocketStream) -> None:
         session = Session()
@@ -339,7 +364,8 @@ class SpliceEnv:
         self.session_started.set()
         try:
             _, rest = await server_handshake(stream)
-            await run_splice(stream, rest, self._connect, self.policy, session.stats, self.shutdown)
+            client = WrappedStream(stream) if self.wrap_streams else stream
+            await run_splice(client, rest, self._connect, self.policy, session.stats, self.shutdown)
         except BaseException as exc:  # recorded for the test, never expected
             session.error = exc
             raise
@@ -352,10 +378,12 @@ class SpliceEnv:
             self.session_started = trio.Event()
         return self.sessions[i]
 
-    async def raw_client(self, *, sndbuf: int | None = None) -> RawPeer:
+    async def raw_client(self, *, sndbuf: int | None = None, rcvbuf: int | None = None) -> RawPeer:
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
         if sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         await sock.connect(("127.0.0.1", self.port))
         stream = trio.SocketStream(sock)
         rest = await client_handshake(stream, f"127.0.0.1:{self.port}", "/relay")

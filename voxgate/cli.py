@@ -305,6 +305,45 @@ def serve(**opts: Any) -> None:
     trio.run(_serve, config, log)
 
 
+def describe(config: Config) -> list[str]:
+    """What `serve` would do with this configuration (never a key or token)."""
+    tls = bool(config.tls_cert)
+    lines = [f"listen {'https' if tls else 'http'}://{config.host}:{config.port}"]
+    lines += endpoint_lines(config, tls=tls)
+    lines += [
+        f"upstream openai {config.openai_realtime_url}",
+        f"upstream deepgram agent {config.deepgram_agent_url.rstrip('/')}/v1/agent/converse",
+        f"upstream deepgram api {config.deepgram_api_url.rstrip('/')}/v1/{{listen,speak}}",
+        f"workers {config.workers_per_provider} per provider, restart backoff 0.1s..10s, "
+        f"hung after {config.worker_timeout:g}s, drain grace {config.grace:g}s",
+        f"limits head {config.head_max_bytes}B/{config.head_timeout:g}s, message {config.max_message_bytes}B, "
+        f"idle {_off(config.idle_timeout)}, session {_off(config.max_session_seconds)}, "
+        f"connect timeout {config.connect_timeout:g}s",
+        f"admission origins {', '.join(config.allowed_origins) or 'any'}; client tokens "
+        f"{len(config.client_tokens)} static{', signed (POST /v1/tokens)' if config.token_secret else ''}; "
+        f"caps global {config.max_sessions or 'none'}, per-ip {config.max_sessions_per_ip or 'none'}, "
+        f"per-ip/min {config.max_new_sessions_per_ip_per_minute or 'none'}"
+        f"{', client IP from X-Forwarded-For' if config.trust_proxy_headers else ''}",
+    ]
+    return [*startup_notes(config), *lines]
+
+
+def _off(seconds: float | None) -> str:
+    return "off" if seconds is None else f"{seconds:g}s"
+
+
+@cli.command()
+@gateway_options
+def check(**opts: Any) -> None:
+    """Validate the configuration and print what `serve` would do, without starting."""
+    config = build_config(opts)
+    if not config.enabled_providers:
+        raise StartupError(NO_KEY_MESSAGE)
+    for line in describe(config):
+        click.echo(line)
+    click.echo("configuration ok")
+
+
 @cli.group()
 def simulate() -> None:
     """Run a simulated upstream (for tests, demos and benchmarks)."""

@@ -118,10 +118,12 @@ class Conversation:
         self.line(f"-> {note or message.get('type')}")
         await self.ws.send_message(orjson.dumps(message).decode())
 
-    def stream_audio(self, frames: list[bytes], note: str) -> None:
+    def stream_audio(self, frames: list[bytes], note: str) -> trio.Event:
         """Start sending frames paced like a live microphone (one every FRAME_MS) while
-        the script goes on reading, so replies show up with their real timing."""
+        the script goes on reading, so replies show up with their real timing. The event
+        is set once the last frame is sent."""
         self.line(f"-> {note}")
+        sent = trio.Event()
 
         async def pace() -> None:
             next_at = trio.current_time()
@@ -129,9 +131,11 @@ class Conversation:
                 await self.ws.send_message(frame)
                 next_at += FRAME_MS / 1000
                 await trio.sleep_until(next_at)
-            self.line(f"-> (audio done: {len(frames)} frames sent)")
+            self.line(f"-> (end of audio: {len(frames)} frames sent)")
+            sent.set()
 
         self.nursery.start_soon(pace)
+        return sent
 
     async def receive(self) -> Message:
         raw = await self.ws.get_message()
@@ -370,13 +374,17 @@ async def deepgram_agent(conv: Conversation) -> None:
 
 async def deepgram_listen(conv: Conversation) -> None:
     frames = mic_frames(TONE_MS, 100)
-    conv.stream_audio(frames, f"audio: {TONE_MS} ms tone + 100 ms silence (16 kHz PCM16, {FRAME_MS} ms frames)")
+    sent = conv.stream_audio(
+        frames, f"audio: {TONE_MS} ms tone + 100 ms silence (16 kHz PCM16, {FRAME_MS} ms frames)"
+    )
     final = await conv.expect(
         "a final Results with a transcript",
         lambda m: m.get("type") == "Results" and bool(m.get("is_final")) and bool(_listen_transcript(m)),
     )
     if "tone" not in _listen_transcript(final):
         raise StepFailed(f"unexpected transcript {_listen_transcript(final)!r}")
+    conv.waiting_for = "the end of the audio"
+    await sent.wait()
     await conv.send_json({"type": "CloseStream"})
     await conv.expect_type("Metadata")
 

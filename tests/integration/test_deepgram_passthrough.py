@@ -125,6 +125,7 @@ async def test_settings_sent_before_upstream_opens_arrive_first_and_unchanged(dg
         seen = await client.recv_until_type("SettingsApplied")
         assert [json_type(p) for _, p in seen] == ["Welcome", "SettingsApplied"]
         await record.wait_received(3)
+        await record.wait_sent(2)
     assert record.received[:3] == [
         Frame("text", settings_text),
         Frame("binary", audio),

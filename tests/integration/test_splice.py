@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import trio
@@ -88,6 +89,51 @@ async def test_payload_sizes_and_masking(nursery, size):
         await upstream.send(OP_TEXT, text)
         g = await client.recv_data()
         assert (g.fin, g.opcode, g.payload, g.mask) == (True, OP_TEXT, text, None)
+
+
+@pytest.mark.parametrize("size", [0, 125, 65536, 300_000])
+async def test_non_socket_streams_use_the_generic_path(nursery, size):
+    """Streams that are not plain sockets (TLS upstream, wrappers) go through send_all."""
+    with trio.fail_after(T):
+        env, client, upstream = await manual(nursery, wrap_streams=True)
+        payload = os.urandom(size)
+        nursery.start_soon(client.send, OP_BINARY, payload)
+        f = await upstream.recv_data()
+        assert f.payload == payload and f.mask != RawPeer.CLIENT_KEY
+        nursery.start_soon(upstream.send, OP_BINARY, payload)
+        assert (await client.recv_data()).payload == payload
+        await client.send_raw(encode_frame(OP_TEXT, b"unmasked"))  # protocol error: drain + EOF
+        assert await client.recv_close() == (1002, b"protocol error")
+        await client.wait_eof()
+        await client.aclose()
+        assert await upstream.recv_close() == (1000, b"")
+        await upstream.send_close(1000)
+        stats = await finish(env, upstream=upstream)
+    assert stats.end_reason == "protocol_error:client"
+
+
+async def test_slow_client_backpressure_loses_nothing(nursery):
+    """A client that does not read: the gateway stops reading the upstream (kernel buffers
+    only), partial writes resume, and every byte arrives in order."""
+    frames = [os.urandom(4) * 16384 for _ in range(40)]  # 40 x 64 KiB
+    with trio.fail_after(T):
+        env = await start_env(nursery, upstream_handler=None)
+        client = await env.raw_client(rcvbuf=8192)
+        upstream = await env.next_upstream()
+        sent = 0
+
+        async def writer():
+            nonlocal sent
+            for p in frames:
+                await upstream.send(OP_BINARY, p)
+                sent += 1
+
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert sent < len(frames)  # the upstream is held back
+        for p in frames:
+            assert (await client.recv_data()).payload == p
+    assert sent == len(frames)
 
 
 async def test_gateway_mask_keys_are_fresh_per_frame(nursery):

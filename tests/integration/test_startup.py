@@ -107,3 +107,20 @@ async def test_env_file_feeds_keys_and_real_env_wins(gateway_factory, tmp_path):
     gw = await gateway_factory("--env-file", str(env_file), env=env)
     assert "/openai live" in gw.output
     assert "/from-env off" in gw.output and "/from-dotenv" not in gw.output
+
+
+def test_check_validates_and_describes_without_starting():
+    env = base_env(OPENAI_API_KEY=OPENAI_KEY, VOXGATE_CLIENT_TOKENS="Tq7pXv9-secret")
+    result = run_cli("check", "--port", "18555", "--max-sessions", "50", env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "endpoint ws://127.0.0.1:18555/openai live" in out
+    assert "off (DEEPGRAM_API_KEY not set)" in out
+    assert "caps global 50" in out and "client tokens 1 static" in out
+    assert out.strip().endswith("configuration ok")
+    assert OPENAI_KEY[:6] not in out and "Tq7pXv" not in out
+    assert "listening" not in out
+    bad = run_cli("check", "--idle-timeout", "-1", env=env)
+    assert bad.returncode == 2 and len(_lines(bad.stderr)) == 1
+    none = run_cli("check", env=base_env())
+    assert none.returncode == 1 and "At least one of DEEPGRAM_API_KEY or OPENAI_API_KEY" in none.stderr

@@ -232,3 +232,34 @@ async def test_second_sigint_exits_at_once(gateway_factory, echo):
         gw.signal(signal.SIGINT)
         code = await trio.to_thread.run_sync(gw.proc.wait, 5)
     assert code == 0
+
+
+async def test_sighup_rolls_workers_without_dropping_sessions(gateway_factory, echo):
+    gw = await gateway_factory("--grace", "5", env=echo_env(echo))
+    [old] = gw.workers("deepgram")
+    async with tws.open_websocket_url(gw.url("/deepgram-proxy")) as ws:
+        await ws.send_message("before")
+        assert await ws.get_message() == "before"
+        gw.signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while True:
+                workers = await trio.to_thread.run_sync(gw.workers, "deepgram")
+                ready = [w for w in workers if w["state"] == "ready"]
+                if ready and ready[0]["pid"] != old["pid"]:
+                    break
+                await trio.sleep(0.05)
+        states = {w["pid"]: w["state"] for w in workers}
+        assert states[old["pid"]] == "draining"  # still alive, finishing its session
+        assert gw.ready()["_status"] == 200
+        # the old session keeps working on the old worker; a new session lands on the new one
+        await ws.send_message("during roll")
+        assert await ws.get_message() == "during roll"
+        async with tws.open_websocket_url(gw.url("/deepgram-proxy")) as ws2:
+            await ws2.send_message("new")
+            assert await ws2.get_message() == "new"
+            sessions = {w["pid"]: w["sessions"] for w in await trio.to_thread.run_sync(gw.workers, "deepgram")}
+            assert sessions[old["pid"]] == 1 and sessions[ready[0]["pid"]] == 1
+    with trio.fail_after(10):  # the old worker exits once its session is over
+        while pid_alive(old["pid"]):
+            await trio.sleep(0.05)
+    gw.remember_workers(gw.ready())

@@ -87,6 +87,7 @@ class Supervisor:
             for provider in config.enabled_providers
         }
         self.draining = False
+        self.rolling = False
         self.ssl_context: ssl.SSLContext | None = None
         if config.tls_cert and config.tls_key:
             self.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -328,10 +329,17 @@ class Supervisor:
             await trio.serve_listeners(self.handle, listeners)
 
     async def _signals(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                self.log.info("shutting down", signal=signal.Signals(signum).name, grace=f"{self.config.grace:g}s")
-                break
+        """SIGTERM/SIGINT drain (a second SIGINT exits at once); SIGHUP rolls the workers."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as rolls:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        if not self.rolling:
+                            rolls.start_soon(self.roll)
+                        continue
+                    self.log.info("shutting down", signal=signal.Signals(signum).name, grace=f"{self.config.grace:g}s")
+                    rolls.cancel_scope.cancel()
+                    break
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._drain, serve_scope, all_scope)
                 async for signum in signals:
@@ -341,6 +349,17 @@ class Supervisor:
                             pool.kill()
                         all_scope.cancel()
                         return
+
+    async def roll(self) -> None:
+        """Re-exec workers one at a time, without dropping the listener or live sessions."""
+        self.rolling = True
+        try:
+            self.log.info("rolling workers")
+            for provider, pool in self.pools.items():
+                replaced = await pool.roll()
+                self.log.info("workers rolled", provider=provider, replaced=replaced)
+        finally:
+            self.rolling = False
 
     async def _drain(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
         # The listener stays open while sessions drain: /readyz answers 503 so a load

@@ -83,46 +83,61 @@ class Worker:
 
 
 class Slot:
-    """Keeps one worker of a provider alive; the restart policy lives here."""
+    """Keeps one serving worker of a provider alive; the restart policy lives here.
+
+    `roll()` (SIGHUP) retires the serving worker without a gap: a new process is spawned at
+    once and takes new sessions, while the old one drains its sessions and exits."""
 
     def __init__(self, pool: ProviderPool, index: int) -> None:
         self.pool = pool
         self.index = index
         self.worker: Worker | None = None
+        self.retiring: list[Worker] = []
         self.generation = 0
         self.restarts = 0
         self.backoff = BACKOFF_INITIAL
         self.draining = False
         self.stopped = trio.Event()
+        self._wake = trio.Event()
 
     async def run(self) -> None:
         log = self.pool.log
-        while not self.draining:
-            started = trio.current_time()
-            self.generation += 1
-            try:
-                await self._run_once()
-            except OSError as exc:
-                log.error("worker spawn failed", provider=self.pool.provider, error=exc.__class__.__name__)
-            if self.draining:
-                break
-            lived = trio.current_time() - started
-            if lived >= STABLE_AFTER:
-                self.backoff = BACKOFF_INITIAL
-                delay = 0.0
-            else:
-                delay = self.backoff
-                self.backoff = min(self.backoff * 2, BACKOFF_CAP)
-            self.restarts += 1
-            self.pool.on_restart(self.pool.provider)
-            log.warning(
-                "worker restarting", provider=self.pool.provider, slot=self.index,
-                lived=f"{lived:.2f}s", delay=f"{delay:.2f}s", restarts=self.restarts,
-            )
-            await trio.sleep(delay)
+        async with trio.open_nursery() as nursery:
+            while not self.draining:
+                started = trio.current_time()
+                self.generation += 1
+                self._wake = trio.Event()
+                exited = trio.Event()
+                try:
+                    worker = await self._spawn()
+                except OSError as exc:
+                    log.error("worker spawn failed", provider=self.pool.provider, error=exc.__class__.__name__)
+                    exited.set()
+                else:
+                    nursery.start_soon(self._lifecycle, worker, exited)
+                    await _first_of(exited.wait, self._wake.wait)
+                if self.draining:
+                    break
+                if not exited.is_set():  # rolled: the old worker drains in the background
+                    continue
+                lived = trio.current_time() - started
+                if lived >= STABLE_AFTER:
+                    self.backoff = BACKOFF_INITIAL
+                    delay = 0.0
+                else:
+                    delay = self.backoff
+                    self.backoff = min(self.backoff * 2, BACKOFF_CAP)
+                self.restarts += 1
+                self.pool.on_restart(self.pool.provider)
+                log.warning(
+                    "worker restarting", provider=self.pool.provider, slot=self.index,
+                    lived=f"{lived:.2f}s", delay=f"{delay:.2f}s", restarts=self.restarts,
+                )
+                with trio.move_on_at(trio.current_time() + delay):
+                    await self._wake.wait()
         self.stopped.set()
 
-    async def _run_once(self) -> None:
+    async def _spawn(self) -> Worker:
         pool = self.pool
         parent_sock, child_sock = make_pair()
         env = worker_env(pool.config, pool.provider, self.index, self.generation)
@@ -131,24 +146,39 @@ class Slot:
             process = await trio.lowlevel.open_process(
                 worker_command(pool.provider), env=env, pass_fds=(child_sock.fileno(),), process_group=0
             )
+        except OSError:
+            parent_sock.close()
+            raise
         finally:
             child_sock.close()
         worker = Worker(pool.provider, env["VOXGATE_WORKER_ID"], process, Channel(parent_sock))
         worker.last_heartbeat = trio.current_time()
         self.worker = worker
         pool.log.info("worker started", provider=pool.provider, worker=worker.worker_id, pid=process.pid)
+        return worker
+
+    async def _lifecycle(self, worker: Worker, exited: trio.Event) -> None:
+        """Watch one worker process until it is gone, then clean up after it."""
+        pool = self.pool
+        status = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive, worker, nursery.cancel_scope)
+                nursery.start_soon(self._receive, worker)
                 nursery.start_soon(self._watchdog, worker)
-                status = await process.wait()
+                status = await worker.process.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self._reap(worker)
+            if worker in self.retiring:
+                self.retiring.remove(worker)
+            if self.worker is worker:
+                self.worker = None
+            pool.changed()
+            exited.set()
         pool.log.warning(
             "worker exited", provider=pool.provider, worker=worker.worker_id, pid=worker.pid,
-            status=_describe_status(status), lost_sessions=len(worker.sessions),
+            status=_describe_status(worker.process.returncode if status is None else status),
         )
 
     async def _reap(self, worker: Worker) -> None:
@@ -160,13 +190,13 @@ class Slot:
                 await worker.process.wait()
         worker.channel.close()
 
-    async def _receive(self, worker: Worker, scope: trio.CancelScope) -> None:
+    async def _receive(self, worker: Worker) -> None:
         while True:
             try:
                 msg = await worker.channel.receive()
             except ChannelClosed:
                 # The process is going away; give it a moment to exit on its own so its
-                # status is its own, then make sure. process.wait() ends the round.
+                # status is its own, then make sure. process.wait() ends the lifecycle.
                 with trio.move_on_after(2):
                     await worker.process.wait()
                 _kill(worker.process)
@@ -197,14 +227,37 @@ class Slot:
                 _kill(worker.process)
                 return
 
+    def workers(self) -> list[Worker]:
+        current = [self.worker] if self.worker is not None and self.worker.state != "gone" else []
+        return current + [w for w in self.retiring if w.state != "gone"]
+
+    async def roll(self, timeout: float) -> bool:
+        """Retire the serving worker and wait (bounded) until its successor is ready."""
+        old = self.worker
+        if self.draining or old is None or old.state != "ready":
+            return False
+        old.state = "draining"
+        self.retiring.append(old)
+        self.pool.changed()
+        await self._send_drain(old)
+        self._wake.set()
+        with trio.move_on_after(timeout):
+            while True:
+                new = self.worker
+                if new is not None and new is not old and new.state == "ready":
+                    return True
+                await self.pool.wait_changed()
+        return False
+
     async def drain(self, grace: float) -> None:
         self.draining = True
-        worker = self.worker
-        if worker is not None and worker.state in ("ready", "starting") and worker.process.returncode is None:
-            if worker.state == "ready":
-                await self._send_drain(worker, grace)
-            worker.state = "draining"
-            self.pool.changed()
+        for worker in self.workers():
+            if worker.process.returncode is None and worker.state in ("ready", "starting"):
+                if worker.state == "ready":
+                    await self._send_drain(worker, grace)
+                worker.state = "draining"
+        self.pool.changed()
+        self._wake.set()
 
     async def _send_drain(self, worker: Worker, grace: float | None = None) -> None:
         try:
@@ -214,8 +267,21 @@ class Slot:
 
     def kill(self) -> None:
         self.draining = True
-        if self.worker is not None and self.worker.process.returncode is None:
-            _kill(self.worker.process)
+        for worker in self.workers():
+            if worker.process.returncode is None:
+                _kill(worker.process)
+        self._wake.set()
+
+
+async def _first_of(*waits) -> None:
+    """Return as soon as any of the given no-argument async callables returns."""
+    async with trio.open_nursery() as nursery:
+        async def run(fn) -> None:
+            await fn()
+            nursery.cancel_scope.cancel()
+
+        for fn in waits:
+            nursery.start_soon(run, fn)
 
 
 def _kill(process: trio.Process) -> None:
@@ -259,13 +325,24 @@ class ProviderPool:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def roll(self, timeout: float = 30.0) -> int:
+        """Re-exec every worker, one slot at a time; returns how many were replaced."""
+        replaced = 0
+        for slot in self.slots:
+            if await slot.roll(timeout):
+                replaced += 1
+        return replaced
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             for slot in self.slots:
                 nursery.start_soon(slot.run)
 
     def workers(self) -> list[Worker]:
-        return [s.worker for s in self.slots if s.worker is not None and s.worker.state != "gone"]
+        return [w for slot in self.slots for w in slot.workers()]
 
     def ready_workers(self) -> list[Worker]:
         return [w for w in self.workers() if w.state == "ready"]

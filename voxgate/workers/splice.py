@@ -133,6 +133,7 @@ async def run_splice(
         if not stats.end_reason:
             stats.end_reason = "error"
     finally:
+        session.c.fd = session.up.fd = -1
         with trio.CancelScope(shield=True):
             for stream in (client, session.up.stream):
                 if stream is not None:
@@ -271,6 +272,7 @@ class _Splice:
 
     async def _finish_leg(self, leg: _Leg) -> None:
         await leg.finished.wait()
+        leg.fd = -1  # the number may be reused once closed
         if leg.stream is not None:
             await trio.aclose_forcefully(leg.stream)
 
