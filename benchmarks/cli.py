@@ -60,7 +60,9 @@ def bench(quick: bool, scenarios: tuple[str, ...], sessions: int | None, duratio
         click.echo(message, err=True)
 
     started = time.time()
+    load_before = os.getloadavg()
     raw = runner.run_all(opts, log)
+    load_after = os.getloadavg()
     results = report.aggregate(raw["runs"], raw["scenarios"])
     verdicts = report.evaluate(results, raw["scenarios"], workers_per_provider)
     click.echo(report.render(results, verdicts))
@@ -80,7 +82,9 @@ def bench(quick: bool, scenarios: tuple[str, ...], sessions: int | None, duratio
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "elapsed_s": round(time.time() - started, 1),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform(), "nofile": raw["nofile"]},
+                        "platform": platform.platform(), "nofile": raw["nofile"],
+                        "loadavg_before": [round(x, 2) for x in load_before],
+                        "loadavg_after": [round(x, 2) for x in load_after]},
             "peers": peers_info,
             "scenarios": results,
             "targets": verdicts,

@@ -52,7 +52,8 @@ class Monitor:
     pids: dict[str, int] = field(default_factory=dict)
 
     def cpu(self) -> dict[str, float]:
-        out = {}
+        """CPU seconds per monitored process, plus `_system`: busy seconds of the machine."""
+        out = {"_system": procs.system_busy_seconds()}
         for label, pid in self.pids.items():
             value = procs.cpu_seconds(pid)
             if value is not None:
@@ -105,7 +106,12 @@ def percentiles_ms(values_ns: list[int]) -> dict[str, float | None]:
 
 
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: round(after[k] - before[k], 3) for k in after if k in before}
+    """Per-process CPU seconds over an interval; `other` is what the rest of the machine
+    used meanwhile (other tenants, kernel threads): a noisy measurement shows up there."""
+    out = {k: round(after[k] - before[k], 3) for k in after if k in before and k != "_system"}
+    if "_system" in after and "_system" in before:
+        out["other"] = round(max(0.0, after["_system"] - before["_system"] - sum(out.values())), 3)
+    return out
 
 
 # Hooks let the runner attach a profiler to the measured window of chosen phases.

@@ -45,6 +45,8 @@ def derive(target: str, res: dict) -> dict:
         out["generator_cpu_pct"] = round(100 * cpu["generator"] / window, 1)
     if window and "upstream" in cpu:
         out["upstream_cpu_pct"] = round(100 * cpu["upstream"] / window, 1)
+    if window and "other" in cpu:
+        out["other_cpu_pct"] = round(100 * cpu["other"] / window, 1)
     if out["relay_cpu_s"] is not None and window:
         out["relay_cpu_pct"] = round(100 * out["relay_cpu_s"] / window, 1)
     out["relay_rss_peak_kib"] = relay_sum(target, res.get("rss_peak_kib") or {})
@@ -219,11 +221,12 @@ def render(results: dict, verdicts: list[dict]) -> str:
         kind = "idle" if key == "idle" else "setup" if key == "setup" else "stream"
         if kind == "stream":
             head = ["target", "msgs/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "+p50 ms", "+p99 ms",
-                    "relay CPU s (sup/wrk)", "relay CPU %", "relay RSS MiB", "gen CPU %", "errors"]
+                    "relay CPU s (sup/wrk)", "relay CPU %", "relay RSS MiB", "gen CPU %", "other CPU %", "errors"]
             rows = [[name, _f(t.get("msgs_per_s"), 0), _f(t.get("p50_ms"), 3), _f(t.get("p90_ms"), 3),
                      _f(t.get("p99_ms"), 3), _f(t.get("max_ms"), 3), _f(t.get("added_p50_ms"), 3),
                      _f(t.get("added_p99_ms"), 3), _cpu(t), _f(t.get("relay_cpu_pct"), 1),
-                     _mib(t.get("relay_rss_peak_kib")), _f(t.get("generator_cpu_pct"), 1), _f(t.get("errors"))]
+                     _mib(t.get("relay_rss_peak_kib")), _f(t.get("generator_cpu_pct"), 1),
+                     _f(t.get("other_cpu_pct"), 1), _f(t.get("errors"))]
                     for name, t in targets.items()]
         elif kind == "idle":
             head = ["target", "held", "KiB/session", "relay RSS MiB (held)", "echo p50 ms", "echo p99 ms",

@@ -203,7 +203,10 @@ class Run:
             self.gw.stop()
         if self.upstream is not None:
             self.upstream.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.environ.get("VOXGATE_BENCH_KEEP_TMP"):
+            self.log(f"logs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def versions(self) -> dict[str, str]:
         return {name: peer.version for name, peer in self.peers.items()}
@@ -268,8 +271,10 @@ class Run:
         if dead:
             res["errors"] = res.get("errors", 0) + len(dead)
             res.setdefault("error_samples", []).append(f"process died: {', '.join(dead)}")
-            if self.gw is not None and not pid_alive(self.gw.pid):
+            if self.gw is not None and any(label == "supervisor" or label.startswith("worker.") for label in dead):
                 res["error_samples"].append("gateway log: " + tail(self.gw.managed.output()))
+            for label in dead:  # report each death once
+                self.monitor.pids.pop(label, None)
 
 
 def phases_drain_close() -> float:

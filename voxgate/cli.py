@@ -344,6 +344,30 @@ def check(**opts: Any) -> None:
     click.echo("configuration ok")
 
 
+def options_table() -> str:
+    """The README's option table, generated from the `serve` command so it cannot drift."""
+    rows = ["| option | environment | default | what it does |", "|---|---|---|---|"]
+    for param in serve.params:
+        if not isinstance(param, click.Option):
+            continue
+        flags = " / ".join(f"`{f}`" for f in param.opts + param.secondary_opts)
+        envvars = param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar]
+        env = ", ".join(f"`{e}`" for e in envvars if e)
+        default = param.default
+        if isinstance(default, tuple | list):
+            default = ", ".join(default) or None
+        shown = "" if default in (None, "") else f"`{default}`"
+        helptext = (param.help or "").replace("|", "\\|")
+        rows.append(f"| {flags} | {env} | {shown} | {helptext} |")
+    return "\n".join(rows)
+
+
+@cli.command("options-table", hidden=True)
+def options_table_command() -> None:
+    """Print the README option table (markdown)."""
+    click.echo(options_table())
+
+
 @cli.group()
 def simulate() -> None:
     """Run a simulated upstream (for tests, demos and benchmarks)."""
@@ -368,6 +392,15 @@ def _simulator_command(name: str) -> Callable:
 
 simulate.command("openai")(_simulator_command("openai"))
 simulate.command("deepgram")(_simulator_command("deepgram"))
+
+
+def _register_subcommands() -> None:
+    from voxgate.demo import demo
+
+    cli.add_command(demo)
+
+
+_register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,14 +10,15 @@ pointed at the printed URLs, until Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import math
 import secrets
 import signal
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
-import numpy as np
 import orjson
 import trio
 from trio_websocket import (
@@ -39,6 +40,7 @@ START_TIMEOUT = 30.0
 GATEWAY_GRACE = "2"  # the demo's sessions are short; do not make Ctrl-C wait 30 s
 
 MIC_RATE = 16000
+OUTPUT_RATE = 24000  # every path is asked for 24 kHz linear16 output
 FRAME_MS = 20
 TONE_MS = 400
 SILENCE_MS = 400
@@ -102,16 +104,21 @@ class Conversation:
 
     def line(self, text: str) -> None:
         """One transcript line; received audio not yet shown is summed up first."""
-        self._flush_audio()
+        self.flush_audio()
         self._emit(text)
 
     def _emit(self, text: str) -> None:
         elapsed = (trio.current_time() - self.started) * 1000
         self.printer.detail(f"[{elapsed:8.1f} ms] {self.path:<26} {text}")
 
-    def _flush_audio(self) -> None:
+    def flush_audio(self) -> None:
+        """Print the audio received since the last line as one summary line."""
         if self._pending_frames:
-            self._emit(f"<- audio: {self._pending_frames} binary frames, {self._pending_bytes} bytes")
+            seconds = self._pending_bytes / (2 * OUTPUT_RATE)
+            self._emit(
+                f"<- audio: {self._pending_frames} binary frames, {self._pending_bytes} bytes "
+                f"({seconds:.2f} s of {OUTPUT_RATE // 1000} kHz PCM16)"
+            )
             self._pending_frames = self._pending_bytes = 0
 
     async def send_json(self, message: dict[str, Any], note: str | None = None) -> None:
@@ -145,7 +152,7 @@ class Conversation:
             self._pending_frames += 1
             self._pending_bytes += len(raw)
             return raw
-        self._flush_audio()
+        self.flush_audio()
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -251,8 +258,9 @@ def _response_text(msg: dict[str, Any]) -> str:
 def mic_frames(tone_ms: int, silence_ms: int, *, rate: int = MIC_RATE) -> list[bytes]:
     """A 440 Hz tone then silence, as PCM16 LE mono frames of FRAME_MS (stands in for speech)."""
     n_tone = rate * tone_ms // 1000
-    t = np.arange(n_tone, dtype=np.float64) / rate
-    tone = (np.sin(2 * np.pi * 440.0 * t) * 0.3 * 32767).astype("<i2").tobytes()
+    tone = struct.pack(
+        f"<{n_tone}h", *(round(0.3 * 32767 * math.sin(2 * math.pi * 440.0 * i / rate)) for i in range(n_tone))
+    )
     pcm = tone + bytes(2 * (rate * silence_ms // 1000))
     size = 2 * rate * FRAME_MS // 1000
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]
@@ -271,7 +279,7 @@ def agent_settings(*, functions: list[dict[str, Any]] | None = None, prompt: str
         "type": "Settings",
         "audio": {
             "input": {"encoding": "linear16", "sample_rate": MIC_RATE},
-            "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
+            "output": {"encoding": "linear16", "sample_rate": OUTPUT_RATE, "container": "none"},
         },
         "agent": {
             "language": "en",
@@ -439,7 +447,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "deepgram speak",
         "/deepgram-proxy/v1/speak",
-        "?encoding=linear16&sample_rate=24000&model=aura-2-thalia-en",
+        f"?encoding=linear16&sample_rate={OUTPUT_RATE}&model=aura-2-thalia-en",
         deepgram_speak,
         _describe_speak,
     ),
@@ -483,7 +491,7 @@ async def run_step(gw: GatewayProcess, step: Step, index: int, printer: Printer)
         error = f"cannot connect: {exc.strerror or exc}"
     elapsed = trio.current_time() - started
     if conv is not None:
-        conv._flush_audio()
+        conv.flush_audio()
     if error is None:
         printer.always(f"ok    {index}/{total} {step.name:<26} {step.path:<26} {_ms(elapsed)}")
         return True

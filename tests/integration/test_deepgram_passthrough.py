@@ -9,13 +9,21 @@ piece of that key reached the gateway's output or any byte sent to a client.
 
 from __future__ import annotations
 
+import socket
 from urllib.parse import quote
 
 import orjson
 import pytest
 import trio
 
-from tests.support.deepgram_helpers import KEY, SETTINGS, DGClient, RawUpstream, json_type, key_leaks
+from tests.support.deepgram_helpers import (
+    KEY,
+    SETTINGS,
+    DGClient,
+    RawUpstream,
+    json_type,
+    key_leaks,
+)
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_payload
 from voxgate.simulate.common import Frame, silence_pcm16, tone_pcm16
@@ -92,8 +100,7 @@ async def agent_works(dg: Harness, gw: Gateway, path: str = AGENT) -> None:
     assert client.status == 101
     op, payload = await client.recv()
     assert op == OP_TEXT and json_type(payload) == "Welcome"
-    assert await client.close(1000) == (OP_CLOSE, close_payload(1000))
-    await client.aclose()
+    assert await client.finish(1000) == 1000
 
 
 def as_frames(messages: list[tuple[int, bytes]]) -> list[Frame]:
@@ -121,7 +128,9 @@ async def test_settings_sent_before_upstream_opens_arrive_first_and_unchanged(dg
         await client.send_binary(audio)
         await client.send_text('{"type": "KeepAlive"}')
         record = await sim.wait_connection()
-        assert record.status is None  # the simulator has not answered: the frames wait in the gateway
+        assert (
+            record.status is None
+        )  # the simulator has not answered: the frames wait in the gateway
         seen = await client.recv_until_type("SettingsApplied")
         assert [json_type(p) for _, p in seen] == ["Welcome", "SettingsApplied"]
         await record.wait_received(3)
@@ -171,19 +180,39 @@ async def test_routing_query_and_upstream_credentials(dg, sim):
         (
             f"{PROXY}?traceId=t-1&{listen_q}&service=transcription&token={CLIENT_TOKEN}&access_token=x",
             "/v1/listen",
-            [("model", "nova-3"), ("language", "en-US"), ("keyterm", "alpha"), ("keyterm", "beta gamma"),
-             ("smart_format", ""), ("sample_rate", "16000")],
+            [
+                ("model", "nova-3"),
+                ("language", "en-US"),
+                ("keyterm", "alpha"),
+                ("keyterm", "beta gamma"),
+                ("smart_format", ""),
+                ("sample_rate", "16000"),
+            ],
         ),
         (f"{PROXY}?service=transcription&service=agent", "/v1/listen", []),  # first value wins
         (f"{PROXY}?service=agent&service=transcription&x=1", "/v1/agent/converse", [("x", "1")]),
         (f"{PROXY}", "/v1/agent/converse", []),
-        (f"{PROXY}?service=transcriptoin&empty=", "/v1/agent/converse", [("empty", "")]),  # typos -> agent
+        (
+            f"{PROXY}?service=transcriptoin&empty=",
+            "/v1/agent/converse",
+            [("empty", "")],
+        ),  # typos -> agent
         (f"{PROXY}?service=speak", "/v1/agent/converse", []),
-        (f"{AGENT}?service=transcription&traceId=t&a=1&a=2", "/v1/agent/converse", [("a", "1"), ("a", "2")]),
-        (f"{LISTEN}?service=agent&model=nova-3&keyterm=k1&keyterm=k2", "/v1/listen",
-         [("model", "nova-3"), ("keyterm", "k1"), ("keyterm", "k2")]),
-        (f"{SPEAK}?model=aura-2-thalia-en&service=agent&encoding=linear16", "/v1/speak",
-         [("model", "aura-2-thalia-en"), ("encoding", "linear16")]),
+        (
+            f"{AGENT}?service=transcription&traceId=t&a=1&a=2",
+            "/v1/agent/converse",
+            [("a", "1"), ("a", "2")],
+        ),
+        (
+            f"{LISTEN}?service=agent&model=nova-3&keyterm=k1&keyterm=k2",
+            "/v1/listen",
+            [("model", "nova-3"), ("keyterm", "k1"), ("keyterm", "k2")],
+        ),
+        (
+            f"{SPEAK}?model=aura-2-thalia-en&service=agent&encoding=linear16",
+            "/v1/speak",
+            [("model", "aura-2-thalia-en"), ("encoding", "linear16")],
+        ),
     ]
     client_headers = [
         ("Authorization", "Token unused-client-key"),
@@ -199,11 +228,12 @@ async def test_routing_query_and_upstream_credentials(dg, sim):
             await record.wait_until(lambda r: r.status is not None)
             assert (path, record.status) == (path, 101)
             assert (path, record.path, record.query) == (path, up_path, up_query)
-            assert record.header("authorization") == f"Token {KEY}"  # the gateway's key, not the client's
+            assert (
+                record.header("authorization") == f"Token {KEY}"
+            )  # the gateway's key, not the client's
             assert record.subprotocols == [] and record.header("sec-websocket-protocol") is None
             assert record.header("cookie") is None and record.header("origin") is None
-            assert await client.close(1000) == (OP_CLOSE, close_payload(1000))
-            await client.aclose()
+            assert await client.finish(1000) == 1000
 
 
 async def test_no_key_piece_in_debug_logs_or_client_bytes(dg, sim):
@@ -213,7 +243,7 @@ async def test_no_key_piece_in_debug_logs_or_client_bytes(dg, sim):
         await client.send_text(SETTINGS)
         await client.send_text({"type": "InjectUserMessage", "content": "hello"})
         await client.recv_until_type("AgentAudioDone")
-        await client.close(1000)
+        assert await client.finish(1000) == 1000
         refused = await dg.connect(gw, f"{PROXY}?sim_fault=refuse:401&token={CLIENT_TOKEN}")
         await refused.expect_close()
         record = sim.connections[0]
@@ -250,72 +280,67 @@ async def test_subprotocols_are_echoed_per_p6_and_never_forwarded(dg, sim):
             record = await sim.wait_connection(index)
             assert record.subprotocols == []
             assert record.header("authorization") == f"Token {KEY}"
-            await client.close(1000)
-            await client.aclose()
+            assert await client.finish(1000) == 1000
 
 
 # ---------------------------------------------------------------------------------------
 # T7: close codes and reasons
 
 
-@pytest.mark.parametrize(
-    ("fault", "client_code"),
-    [("close:1000", 1000), ("close:4001", 4001), ("close:1011", 1011), ("drop", 1011)],
-)
-async def test_upstream_close_codes_reach_the_client(dg, sim, fault, client_code):
+async def test_upstream_close_codes_and_reasons_reach_the_client(dg, sim):
     gw = await dg.gateway(sim.port)
     pid = await worker_pid(gw)
+    cases = [("close:1000", 1000), ("close:4001", 4001), ("close:1011", 1011), ("drop", 1011)]
+    for fault, client_code in cases:
+        with trio.fail_after(5):
+            client = await dg.connect(gw, f"{AGENT}?sim_fault={fault}")
+            op, payload = await client.recv()
+            assert json_type(payload) == "Welcome"
+            code, reason = await client.expect_close()
+            assert (fault, code) == (fault, client_code)
+            assert len(reason) <= 123
+            reason.decode("utf-8")
+            await client.wait_eof()
+            await agent_works(dg, gw)
+    # 160 bytes of reason: the simulator's library cuts it to 122 on a character boundary,
+    # and the gateway passes Deepgram's own reason through unchanged.
+    long_reason = quote("é" * 80)
     with trio.fail_after(5):
-        client = await dg.connect(gw, f"{AGENT}?sim_fault={fault}")
-        op, payload = await client.recv()
-        assert json_type(payload) == "Welcome"
-        code, reason = await client.expect_close()
-        assert code == client_code
-        assert len(reason) <= 123
-        reason.decode("utf-8")
-        await client.wait_eof()
-        await agent_works(dg, gw)
-    assert await worker_pid(gw) == pid
-
-
-async def test_upstream_close_reasons_pass_through_within_123_bytes(dg, sim):
-    gw = await dg.gateway(sim.port)
-    long_reason = "é" * 80  # 160 bytes: the simulator's library cuts it to 122 on a character boundary
-    with trio.fail_after(5):
-        client = await dg.connect(gw, f"{AGENT}?sim_fault=close_reason:4002&sim_close_reason={quote(long_reason)}")
+        client = await dg.connect(
+            gw, f"{AGENT}?sim_fault=close_reason:4002&sim_close_reason={long_reason}"
+        )
         code, reason = await client.expect_close()
         assert code == 4002
         assert len(reason) <= 123 and reason.decode("utf-8") == "é" * 61
-        # Deepgram's own NET-0001 idle close on listen: code and reason reach the client.
+        # Deepgram's NET-0001 idle close on listen: code and reason reach the client.
         silent = await dg.connect(gw, f"{LISTEN}?model=nova-3")
         code, reason = await silent.expect_close()
         assert (code, reason.decode()) == (1011, NET0001_REASON)
+    assert await worker_pid(gw) == pid
 
 
-@pytest.mark.parametrize(
-    ("how", "upstream_code"),
-    [("1001", 1001), ("4000", 4000), ("no-status", 1000), ("tcp-drop", 1000)],
-)
-async def test_client_close_codes_reach_the_upstream(dg, sim, how, upstream_code):
+async def test_client_close_codes_reach_the_upstream(dg, sim):
     gw = await dg.gateway(sim.port)
-    with trio.fail_after(5):
-        client = await dg.connect(gw, AGENT)
-        op, payload = await client.recv()
-        assert json_type(payload) == "Welcome"
-        record = sim.connections[0]
-        if how == "tcp-drop":
-            await client.aclose()
-        else:
-            code = None if how == "no-status" else int(how)
-            reason = b"" if code is None else b"bye now"
-            await client.send_frame(OP_CLOSE, close_payload(code, reason))
-            got = await client.expect_close(reply=False)
-            assert got[0] == code  # the client's own close is echoed
-            await client.wait_eof()
-        await record.closed.wait()
-    assert record.close_code == upstream_code
-    if how in ("1001", "4000"):
-        assert record.close_reason == "bye now"
+    cases = [("1001", 1001), ("4000", 4000), ("no-status", 1000), ("tcp-drop", 1000)]
+    for index, (how, upstream_code) in enumerate(cases):
+        with trio.fail_after(5):
+            client = await dg.connect(gw, AGENT)
+            op, payload = await client.recv()
+            assert json_type(payload) == "Welcome"
+            record = await sim.wait_connection(index)
+            if how == "tcp-drop":
+                await client.aclose()
+            else:
+                code = None if how == "no-status" else int(how)
+                reason = b"" if code is None else b"bye now"
+                await client.send_frame(OP_CLOSE, close_payload(code, reason))
+                got = await client.expect_close(reply=False)
+                assert got[0] == code  # the client's own close is echoed
+                await client.wait_eof()
+            await record.closed.wait()
+        assert (how, record.close_code) == (how, upstream_code)
+        if how in ("1001", "4000"):
+            assert record.close_reason == "bye now"
 
 
 # ---------------------------------------------------------------------------------------
@@ -386,28 +411,63 @@ async def test_upstream_failures_listen_and_speak_get_a_close_only(dg, sim):
         await agent_works(dg, gw)
 
 
+async def test_upstream_refusing_tcp_is_upstream_unavailable(dg):
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    gw = await dg.gateway(port)
+    with trio.fail_after(5):
+        client = await dg.connect(gw, AGENT)
+        op, payload = await client.recv()
+        assert (op, orjson.loads(payload)["code"]) == (OP_TEXT, "upstream_unavailable")
+        assert (await client.expect_close())[0] == 1011
+        listen = await dg.connect(gw, f"{PROXY}?service=transcription")
+        op, payload = await listen.recv()
+        assert (op, payload[:2]) == (OP_CLOSE, close_payload(1011))
+
+
+async def test_oversized_client_message_gets_1009_with_error_on_agent_only(dg, sim):
+    gw = await dg.gateway(sim.port, "--max-message-bytes", "1024")
+    with trio.fail_after(5):
+        client = await dg.connect(gw, AGENT)
+        assert json_type((await client.recv())[1]) == "Welcome"
+        await client.send_text("x" * 2000)
+        op, payload = await client.recv()
+        assert (op, orjson.loads(payload)["code"]) == (OP_TEXT, "message_too_large")
+        assert (await client.expect_close())[0] == 1009
+        record = sim.connections[0]
+        await record.closed.wait()
+        assert record.received == [] and record.close_code == 1000
+        listen = await dg.connect(gw, LISTEN)
+        await listen.send_binary(b"\x00" * 2000)
+        op, payload = await listen.recv()
+        assert (op, payload[:2]) == (OP_CLOSE, close_payload(1009))
+        await agent_works(dg, gw)
+
+
 # ---------------------------------------------------------------------------------------
 # T9: the client leaves while the upstream is still connecting
 
 
-@pytest.mark.parametrize("how", ["tcp-drop", "close-frame"])
-async def test_client_leaving_during_upstream_connect_closes_the_upstream_at_once(dg, sim, how):
+async def test_client_leaving_during_upstream_connect_closes_the_upstream_at_once(dg, sim):
     gw = await dg.gateway(sim.port)  # connect timeout 10 s: only the client's leaving ends it
     pid = await worker_pid(gw)
+    for index, how in enumerate(["tcp-drop", "close-frame"]):
+        with trio.fail_after(5):
+            client = await dg.connect(gw, f"{AGENT}?sim_fault=hang")
+            record = await sim.wait_connection(index)
+            await client.send_text(SETTINGS)
+            t0 = trio.current_time()
+            if how == "tcp-drop":
+                await client.aclose()
+            else:
+                await client.send_frame(OP_CLOSE, close_payload(1000))
+                assert (await client.expect_close(reply=False))[0] == 1000
+                await client.wait_eof()
+            await record.closed.wait()
+            assert trio.current_time() - t0 < 1.0
+            assert record.status is None and record.received == []
     with trio.fail_after(5):
-        client = await dg.connect(gw, f"{AGENT}?sim_fault=hang")
-        record = await sim.wait_connection()
-        await client.send_text(SETTINGS)
-        t0 = trio.current_time()
-        if how == "tcp-drop":
-            await client.aclose()
-        else:
-            await client.send_frame(OP_CLOSE, close_payload(1000))
-            assert (await client.expect_close(reply=False))[0] == 1000
-            await client.wait_eof()
-        await record.closed.wait()
-        assert trio.current_time() - t0 < 1.0
-        assert record.status is None and record.received == []
         await agent_works(dg, gw)
     assert await worker_pid(gw) == pid
 
@@ -417,11 +477,6 @@ async def test_client_leaving_during_upstream_connect_closes_the_upstream_at_onc
 
 ASSISTANT_TEXT = b'{"type":"ConversationText","role":"assistant","content":"Hi there."}'
 USER_TEXT = b'{"type":"ConversationText","role":"user","content":"Hello."}'
-
-
-async def echo_round(client: DGClient, op: int, payload: bytes) -> None:
-    await client.send_frame(op, payload)
-    assert await client.recv() == (op, payload)
 
 
 async def test_synthetic_agent_audio_done_after_audio_only_once(dg, raw_up):
@@ -456,7 +511,12 @@ async def test_no_synthetic_agent_audio_done_without_audio_first(dg, raw_up):
         await up.send(OP_BIN, b"\x00" * 64)
         await up.send(OP_TEXT, ASSISTANT_TEXT)
         await up.send(OP_TEXT, b"marker")
-        for expected in [(OP_TEXT, ASSISTANT_TEXT), (OP_BIN, b"\x00" * 64), (OP_TEXT, ASSISTANT_TEXT), (OP_TEXT, b"marker")]:
+        for expected in [
+            (OP_TEXT, ASSISTANT_TEXT),
+            (OP_BIN, b"\x00" * 64),
+            (OP_TEXT, ASSISTANT_TEXT),
+            (OP_TEXT, b"marker"),
+        ]:
             assert await client.recv() == expected
         # JSON in a binary frame is not inspected, and listen never gets one.
         binary_json = await dg.connect(gw, AGENT)
@@ -572,7 +632,8 @@ async def test_full_listen_exchange(dg, sim):
     chunk = 16000 * 2 // 10  # 100 ms
     with trio.fail_after(5):
         client = await dg.connect(
-            gw, f"{PROXY}?service=transcription&model=nova-3&encoding=linear16&sample_rate=16000&vad_events=true"
+            gw,
+            f"{PROXY}?service=transcription&model=nova-3&encoding=linear16&sample_rate=16000&vad_events=true",
         )
         for i in range(0, len(audio), chunk):
             await client.send_binary(audio[i : i + chunk])
@@ -583,7 +644,10 @@ async def test_full_listen_exchange(dg, sim):
         code, _ = await client.expect_close()
         record = sim.connections[0]
         await record.closed.wait()
-    assert result["is_final"] and result["channel"]["alternatives"][0]["transcript"] == "tone 0.6 seconds"
+    assert (
+        result["is_final"]
+        and result["channel"]["alternatives"][0]["transcript"] == "tone 0.6 seconds"
+    )
     assert json_type(seen[0][1]) == "SpeechStarted"
     assert code == 1000 and record.close_code == 1000
     assert as_frames(seen) == record.sent
@@ -595,7 +659,9 @@ async def test_full_speak_exchange(dg, sim):
     gw = await dg.gateway(sim.port)
     text = "Hello from voxgate."
     with trio.fail_after(5):
-        client = await dg.connect(gw, f"{SPEAK}?model=aura-2-thalia-en&encoding=linear16&sample_rate=24000")
+        client = await dg.connect(
+            gw, f"{SPEAK}?model=aura-2-thalia-en&encoding=linear16&sample_rate=24000"
+        )
         op, payload = await client.recv()
         assert op == OP_TEXT and json_type(payload) == "Metadata"
         await client.send_text({"type": "Speak", "text": text})
@@ -608,4 +674,7 @@ async def test_full_speak_exchange(dg, sim):
     assert len(audio) == SpeakSession(now=0.0).audio_bytes_for(text)
     assert code == 1000
     record = sim.connections[0]
-    assert record.path == "/v1/speak" and record.received_json()[0] == {"type": "Speak", "text": text}
+    assert record.path == "/v1/speak" and record.received_json()[0] == {
+        "type": "Speak",
+        "text": text,
+    }

@@ -133,7 +133,6 @@ async def test_slow_client_backpressure_loses_nothing(nursery):
         assert sent < len(frames)  # the upstream is held back
         for p in frames:
             assert (await client.recv_data()).payload == p
-    assert sent == len(frames)
 
 
 async def test_gateway_mask_keys_are_fresh_per_frame(nursery):
@@ -476,11 +475,14 @@ async def test_pre_open_queue_is_bounded_by_backpressure(nursery):
                               gateway_rcvbuf=8192)
         client = await env.raw_client(sndbuf=8192)
 
+        written = trio.Event()
+
         async def writer():
             nonlocal sent
             for i in range(total):
                 await client.send(OP_BINARY, i.to_bytes(4, "big") * (frame_size // 4))
                 sent += 1
+            written.set()
 
         nursery.start_soon(writer)
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
@@ -493,7 +495,7 @@ async def test_pre_open_queue_is_bounded_by_backpressure(nursery):
         for i in range(total):
             f = await upstream.recv_data()
             assert f.payload[:4] == i.to_bytes(4, "big")
-    assert sent == total
+        await written.wait()
 
 
 async def test_client_close_during_connect_cancels_it(nursery):

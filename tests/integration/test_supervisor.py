@@ -263,3 +263,13 @@ async def test_sighup_rolls_workers_without_dropping_sessions(gateway_factory, e
         while pid_alive(old["pid"]):
             await trio.sleep(0.05)
     gw.remember_workers(gw.ready())
+
+
+async def test_workers_outlive_the_spawning_thread(gateway_factory, echo):
+    """Regression: a parent-death signal tied to trio's spawner thread (retired after 10 s
+    idle) killed every worker 10 s after start. Workers must live on; the wait is the test."""
+    gw = await gateway_factory(env=echo_env(echo))
+    pids = {w["pid"] for w in gw.workers("deepgram") + gw.workers("openai")}
+    await trio.sleep(11.5)
+    assert {w["pid"] for w in gw.workers("deepgram") + gw.workers("openai")} == pids
+    assert "worker exited" not in gw.output

@@ -23,7 +23,17 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 import trio
 
-from tests.support.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient, close_code, upgrade_request
+from tests.support.rawws import (
+    OP_BIN,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RawClient,
+    close_code,
+    close_payload,
+    upgrade_request,
+)
 
 KEY = "vgK7qXw2mZpR4tLs9NcY3bHd6FjW8eUaQ5oTiV1xEz"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -95,8 +105,6 @@ class DGClient(RawClient):
         await self.send_frame(OP_TEXT, data)
 
     async def send_binary(self, data: bytes) -> None:
-        from tests.support.rawws import OP_BIN
-
         await self.send_frame(OP_BIN, data)
 
     async def recv(self) -> tuple[int, bytes]:
@@ -130,6 +138,14 @@ class DGClient(RawClient):
                         pass
                 return close_code(payload), payload[2:]
         raise AssertionError("no close frame")
+
+    async def finish(self, code: int = 1000) -> int | None:
+        """Close from our side: skip data still in flight, return the echoed code, wait for
+        the server to end TCP."""
+        await self.send_frame(OP_CLOSE, close_payload(code))
+        echoed, _ = await self.expect_close(reply=False)
+        await self.wait_eof()
+        return echoed
 
     async def wait_eof(self) -> None:
         while await self.recv_frame() is not None:
@@ -210,11 +226,16 @@ class RawUpstream:
             lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
             del buf[:end]
             target = lines[0].split(" ")[1]
-            headers = [(k.strip().lower(), v.strip()) for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)]
+            headers = [
+                (k.strip().lower(), v.strip())
+                for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)
+            ]
             ws_key = next(v for k, v in headers if k == "sec-websocket-key")
             accept = base64.b64encode(hashlib.sha1(ws_key.encode() + WS_GUID).digest()).decode()
             parts = urlsplit(target)
-            conn = RawUpConn(stream, parts.path, parse_qsl(parts.query, keep_blank_values=True), headers)
+            conn = RawUpConn(
+                stream, parts.path, parse_qsl(parts.query, keep_blank_values=True), headers
+            )
             await stream.send_all(
                 (
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

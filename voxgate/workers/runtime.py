@@ -7,7 +7,6 @@ everything else - control channel, accept bookkeeping, counters, drain - lives h
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -25,7 +24,6 @@ from voxgate.workers.handshake import ClientHandshake
 
 CONTROL_FD_ENV = "VOXGATE_CONTROL_FD"
 CLOSE_AFTER_SHUTDOWN = 3.0
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -101,15 +99,6 @@ class Session:
 Handler = Callable[[Session], Awaitable[None]]
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL us when the supervisor dies (Linux), even by SIGKILL."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 class Worker:
     """The worker process main loop."""
 
@@ -155,8 +144,15 @@ class Worker:
                 await self.drain(self.config.grace)
 
     async def _heartbeat(self, channel: Channel) -> None:
+        parent = os.getppid()
         while True:
             await trio.sleep(self.config.heartbeat_interval)
+            if os.getppid() != parent:
+                # Re-parented: the supervisor died without closing the channel cleanly.
+                # (A parent-death signal is no use here: it follows the spawning thread,
+                # and trio spawns from short-lived helper threads.)
+                self.log.warning("supervisor gone, exiting")
+                os._exit(0)
             for session in self.sessions.values():
                 session.fold_traffic()
             try:
@@ -230,7 +226,6 @@ class Worker:
 
 def run(provider: str, handlers: dict[str, Handler]) -> None:
     """Entry point of `python -m voxgate.workers.<provider>`."""
-    _die_with_parent()
     worker = Worker(provider, handlers)
     try:
         trio.run(worker.main)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 from urllib.parse import urlencode
 
 import trio
 import trio_websocket as tws
+from wsproto import ConnectionType, WSConnection
 
 from voxgate.workers.deepgram.service import choose_subprotocol
 from voxgate.workers.errors import UpstreamConnectError
@@ -36,7 +38,50 @@ from voxgate.workers.runtime import Session
 from voxgate.workers.streams import PrefixedStream
 
 UPSTREAM_MAX_MESSAGE = 32 << 20
+UPSTREAM_ERRORS = (
+    trio.TooSlowError, tws.HandshakeError, tws.ConnectionClosed, OSError,
+    trio.BrokenResourceError, trio.ClosedResourceError,
+)
 CLOSE_WAIT = 2.0
+
+
+class _TooLarge(str):
+    """Stands in for a client message over the size limit (`TOO_LARGE`, checked by identity)."""
+
+
+TOO_LARGE = _TooLarge()
+
+
+class _ClientConnection(tws.WebSocketConnection):
+    """The client leg. trio-websocket answers an over-size message with a bare 1009 from its
+    reader task, but the translator must send an `Error` first (D35). This connection drops
+    such a message's data as it arrives and hands the session `TOO_LARGE` instead, so memory
+    stays bounded by the limit and the session closes the leg itself."""
+
+    _dropping = False
+
+    async def _handle_message_event(self, event: Any) -> None:
+        if not self._dropping and self._message_size + len(event.data) <= self._max_message_size:
+            await super()._handle_message_event(event)
+            return
+        self._message_parts = []
+        self._message_size = 0
+        first = not self._dropping
+        self._dropping = not event.message_finished
+        if first:
+            try:
+                await self._send_channel.send(TOO_LARGE)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+
+async def _wrap_client_stream(nursery: trio.Nursery, stream: trio.abc.Stream, limit: int) -> tws.WebSocketRequest:
+    """`trio_websocket.wrap_server_stream` with the connection class above."""
+    connection = _ClientConnection(
+        stream, WSConnection(ConnectionType.SERVER), message_queue_size=4, max_message_size=limit
+    )
+    nursery.start_soon(connection._reader_task)  # noqa: SLF001 - as wrap_server_stream does
+    return await connection._get_request()  # noqa: SLF001
 
 
 class TranslatorSession:
@@ -143,9 +188,7 @@ class TranslatorSession:
         stream = PrefixedStream(session.stream, session.preread)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            request = await tws.wrap_server_stream(
-                nursery, stream, message_queue_size=4, max_message_size=config.max_message_bytes * 2
-            )
+            request = await _wrap_client_stream(nursery, stream, config.max_message_bytes)
             self.client = await request.accept(subprotocol=choose_subprotocol(list(request.proposed_subprotocols)))
             session.log.info("session accepted", route=session.route, peer=session.peer)
             await self.feed(self.core.start)
@@ -162,21 +205,35 @@ class TranslatorSession:
         url = base + "?" + urlencode(query)
         headers = [(b"Authorization", f"Bearer {config.openai_key}".encode()), (b"User-Agent", b"voxgate")]
         started = trio.current_time()
+        failure: BaseException | None = None
         try:
-            with trio.fail_after(config.connect_timeout):
-                self.upstream = await tws.connect_websocket_url(
-                    self.nursery, url, extra_headers=headers, message_queue_size=4,
-                    max_message_size=UPSTREAM_MAX_MESSAGE,
-                )
-        except (trio.TooSlowError, tws.HandshakeError, OSError, tws.ConnectionClosed) as exc:
-            err = _classify(exc)
+            # The upstream's reader task runs in a nursery of its own: trio-websocket raises a
+            # rejected handshake (HTTP 401 with a body, ...) from that task, not from connect.
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(config.connect_timeout):
+                    self.upstream = await tws.connect_websocket_url(
+                        nursery, url, extra_headers=headers, message_queue_size=4,
+                        max_message_size=UPSTREAM_MAX_MESSAGE,
+                    )
+                await self._upstream_opened(trio.current_time() - started)
+                await self._read_upstream()
+                nursery.cancel_scope.cancel()
+        except* UPSTREAM_ERRORS as group:
+            failure = _first_cause(group)
+        if failure is None:
+            return
+        self.upstream_closed = True
+        if self.upstream_ready.is_set():  # a library fault after the upstream opened
+            self.session.log.warning("upstream failed", kind="protocol", error=type(failure).__name__)
+            await self.feed(partial(self.core.upstream_closed, 1006, ""))
+        else:
+            err = _classify(failure)
             self.session.counters.upstream_failures[err.kind] += 1
             self.session.log.warning("upstream failed", kind=err.kind, status=err.status)
-            self.upstream_closed = True
             await self.feed(partial(self.core.upstream_failed, auth=err.auth, status=err.status))
-            self.done.set()
-            return
-        latency = trio.current_time() - started
+        self.done.set()
+
+    async def _upstream_opened(self, latency: float) -> None:
         self.session.connect_latency = lambda: latency
         self.session.summary["connect_ms"] = round(latency * 1000, 1)
         self.session.log.info("upstream connected", latency_ms=round(latency * 1000, 1))
@@ -184,7 +241,6 @@ class TranslatorSession:
         self.upstream_ready.set()
         self.progress.set()
         self.progress = trio.Event()
-        await self._read_upstream()
 
     async def _read_client(self) -> None:
         assert self.client is not None
@@ -203,7 +259,7 @@ class TranslatorSession:
                 self.done.set()
                 return
             self.last_client_activity = trio.current_time()
-            if len(message) > limit:
+            if message is TOO_LARGE or len(message) > limit:
                 await self.feed(partial(self.core.gateway_limit, "message_too_large"))
                 self.done.set()
                 return
@@ -255,6 +311,21 @@ def _close_info(exc: tws.ConnectionClosed) -> tuple[int | None, str]:
     if reason is None:
         return None, ""
     return reason.code, reason.reason or ""
+
+
+def _first_cause(group: BaseExceptionGroup) -> BaseException:
+    """The exception that says most about a failed upstream: a handshake answer first."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, tws.HandshakeError)), leaves[0])
 
 
 def _classify(exc: BaseException) -> UpstreamConnectError:
