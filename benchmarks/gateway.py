@@ -24,17 +24,6 @@ BENCH_OPENAI_KEY = "sk-bench-placeholder-not-a-real-key-000000"
 BENCH_DEEPGRAM_KEY = "bench-placeholder-not-a-real-key-0000000000"
 
 
-# TEMPORARY workaround, remove once the gateway no longer needs it: a worker sets
-# PR_SET_PDEATHSIG, which fires when the *thread* that forked it exits, and trio spawns
-# processes from its thread cache, whose idle threads exit after 10 s; so an idle gateway's
-# workers were SIGKILLed ~10 s after start (measured: status=SIGKILL, lived=10.01s). Keeping
-# the supervisor's cache threads alive changes nothing else. Same as `python -m voxgate`.
-KEEP_SPAWN_THREADS = (
-    "import sys, trio._core._thread_cache as tc; tc.IDLE_TIMEOUT = 10**9; "
-    "from voxgate.cli import main; sys.argv[0] = 'voxgate'; main()"
-)
-
-
 @dataclass
 class GatewayProc:
     managed: Managed
@@ -77,7 +66,7 @@ def readyz(port: int) -> tuple[int, dict]:
 def start(log_dir: Path, upstream_port: int, workers_per_provider: int = 1,
           extra_args: tuple[str, ...] = ()) -> GatewayProc:
     """Spawn the gateway and wait for its listening line and a ready /readyz."""
-    cmd = [sys.executable, "-c", KEEP_SPAWN_THREADS, "serve", "--port", "0",
+    cmd = [sys.executable, "-m", "voxgate", "serve", "--port", "0",
            "--workers-per-provider", str(workers_per_provider), "--grace", "2", *extra_args]
     managed = spawn("voxgate", cmd, log_dir, env=bench_env(upstream_port))
     try:

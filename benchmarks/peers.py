@@ -7,6 +7,7 @@ benchmarks/.node (git-ignored) only when the Node peer is requested.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -151,7 +152,11 @@ def start_node(tmp: Path, upstream_port: int) -> Peer:
     except RuntimeError as exc:
         managed.stop()
         raise PeerUnavailable(str(exc)) from None
-    return Peer("node", managed, int(match.group(1)), _version([node, "--version"]))
+    try:
+        ws_version = json.loads((modules / "ws" / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        ws_version = "?"
+    return Peer("node", managed, int(match.group(1)), f"node {_version([node, '--version'])}, ws {ws_version}")
 
 
 class PeerUnavailable(Exception):

@@ -206,6 +206,7 @@ class Phases:
         loop.run(t_end)
         cpu1 = self.monitor.cpu()
         sampler.stop()
+        hwm = {label: mem[1] for label, mem in self.monitor.memory().items()}
         ph.streaming = False
         if finish_hook:
             finish_hook()
@@ -230,6 +231,7 @@ class Phases:
             "error_samples": ph.error_samples,
             "cpu_s": _delta(cpu1, cpu0),
             "rss_peak_kib": sampler.peaks,
+            "hwm_kib": hwm,
             "session_ready_p50_ms": percentiles_ms(ph.setup_ns)["p50_ms"],
         }
         if ph.lags:
@@ -300,14 +302,20 @@ class Phases:
 
     # -- connection setup ------------------------------------------------------------------
 
-    def setup(self, target: Target, *, connections: int, warmup: int = 3, timeout: float = 5.0) -> dict:
+    def setup(self, target: Target, *, connections: int, warmup: int = 3, timeout: float = 5.0,
+              budget: float | None = None) -> dict:
+        """Sequential connections (one at a time, so each is timed alone)."""
         loop = self.loop
         ph = PhaseState()
+        give_up = perf_counter_ns() + int((budget or 10.0 + connections * 0.1) * SEC)
         t101: list[int] = []
         tfirst: list[int] = []
         cpu0 = self.monitor.cpu()
         started = perf_counter_ns()
         for i in range(warmup + connections):
+            if perf_counter_ns() > give_up:
+                ph.error(f"phase deadline: {warmup + connections - i} connections not attempted")
+                break
             probe = SetupProbe(loop, target.host, target.port, target.path, ph)
             probe.connect()
             if not loop.run(perf_counter_ns() + int(timeout * SEC), lambda p=probe: p.done):

@@ -13,7 +13,7 @@ from benchmarks.runner import FULL, Scenario
 
 SCALARS = ("msgs_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "t101_p50_ms", "t101_p99_ms",
            "session_ready_p50_ms", "gen_lag_p99_ms", "sent", "received", "ready", "sessions", "window_s", "ramp_s")
-DICTS = ("cpu_s", "rss_peak_kib", "kib_per_session", "rss_base_kib", "rss_loaded_kib")
+DICTS = ("cpu_s", "rss_peak_kib", "hwm_kib", "kib_per_session", "rss_base_kib", "rss_loaded_kib")
 RELAY_PREFIX = {"voxgate": ("supervisor", "worker."), "voxgate_relay": ("supervisor", "worker."),
                 "nginx": ("nginx.",), "node": ("node",)}
 

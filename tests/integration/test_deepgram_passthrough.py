@@ -26,6 +26,7 @@ from tests.support.deepgram_helpers import (
 )
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_payload
+from tests.support.upstream import EchoUpstream
 from voxgate.simulate.common import Frame, silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import NET0001_REASON, DeepgramSimulator, SpeakSession
 
@@ -43,6 +44,13 @@ async def sim(nursery):
     simulator = DeepgramSimulator(api_key=KEY, listen_idle_timeout=1.0)
     simulator.port = await nursery.start(simulator.serve)
     return simulator
+
+
+@pytest.fixture
+async def echo(nursery):
+    upstream = EchoUpstream()
+    upstream.port = await nursery.start(upstream.serve)
+    return upstream
 
 
 @pytest.fixture
@@ -122,15 +130,14 @@ async def test_settings_sent_before_upstream_opens_arrive_first_and_unchanged(dg
     settings_text = orjson.dumps(SETTINGS, option=orjson.OPT_INDENT_2).decode()
     audio = tone_pcm16(40, rate=16000)
     with trio.fail_after(5):
-        client = await dg.connect(gw, f"{PROXY}?service=agent&sim_fault=delay:300")
+        client = await dg.connect(gw, f"{PROXY}?service=agent&sim_fault=delay:500")
         assert client.status == 101
         await client.send_text(settings_text)
         await client.send_binary(audio)
         await client.send_text('{"type": "KeepAlive"}')
         record = await sim.wait_connection()
-        assert (
-            record.status is None
-        )  # the simulator has not answered: the frames wait in the gateway
+        # The simulator has not answered yet: the frames wait in the gateway.
+        assert record.status is None
         seen = await client.recv_until_type("SettingsApplied")
         assert [json_type(p) for _, p in seen] == ["Welcome", "SettingsApplied"]
         await record.wait_received(3)
@@ -192,11 +199,8 @@ async def test_routing_query_and_upstream_credentials(dg, sim):
         (f"{PROXY}?service=transcription&service=agent", "/v1/listen", []),  # first value wins
         (f"{PROXY}?service=agent&service=transcription&x=1", "/v1/agent/converse", [("x", "1")]),
         (f"{PROXY}", "/v1/agent/converse", []),
-        (
-            f"{PROXY}?service=transcriptoin&empty=",
-            "/v1/agent/converse",
-            [("empty", "")],
-        ),  # typos -> agent
+        # typos -> agent
+        (f"{PROXY}?service=transcriptoin&empty=", "/v1/agent/converse", [("empty", "")]),
         (f"{PROXY}?service=speak", "/v1/agent/converse", []),
         (
             f"{AGENT}?service=transcription&traceId=t&a=1&a=2",
@@ -228,9 +232,8 @@ async def test_routing_query_and_upstream_credentials(dg, sim):
             await record.wait_until(lambda r: r.status is not None)
             assert (path, record.status) == (path, 101)
             assert (path, record.path, record.query) == (path, up_path, up_query)
-            assert (
-                record.header("authorization") == f"Token {KEY}"
-            )  # the gateway's key, not the client's
+            # the gateway's key, not the client's
+            assert record.header("authorization") == f"Token {KEY}"
             assert record.subprotocols == [] and record.header("sec-websocket-protocol") is None
             assert record.header("cookie") is None and record.header("origin") is None
             assert await client.finish(1000) == 1000
@@ -473,7 +476,7 @@ async def test_client_leaving_during_upstream_connect_closes_the_upstream_at_onc
 
 
 # ---------------------------------------------------------------------------------------
-# T10: synthetic AgentAudioDone (echo upstream: the test decides what Deepgram "sends")
+# T10: synthetic AgentAudioDone (a scripted or echo upstream decides what Deepgram "sends")
 
 ASSISTANT_TEXT = b'{"type":"ConversationText","role":"assistant","content":"Hi there."}'
 USER_TEXT = b'{"type":"ConversationText","role":"user","content":"Hello."}'
@@ -535,16 +538,21 @@ async def test_no_synthetic_agent_audio_done_without_audio_first(dg, raw_up):
             assert await listen.recv() == expected
 
 
-async def test_synthetic_agent_audio_done_can_be_turned_off(dg, raw_up):
-    gw = await dg.gateway(raw_up.port, "--no-deepgram-synthetic-agent-audio-done")
+async def test_synthetic_agent_audio_done_can_be_turned_off(dg, echo):
+    gw = await dg.gateway(echo.port, "--no-deepgram-synthetic-agent-audio-done")
     with trio.fail_after(5):
         client = await dg.connect(gw, AGENT)
-        up = await raw_up.wait_conn()
-        await up.send(OP_BIN, b"\x01" * 32)
-        await up.send(OP_TEXT, ASSISTANT_TEXT)
-        await up.send(OP_TEXT, b"marker")
-        for expected in [(OP_BIN, b"\x01" * 32), (OP_TEXT, ASSISTANT_TEXT), (OP_TEXT, b"marker")]:
-            assert await client.recv() == expected
+        # The echo upstream sends back what the client sent, frame types kept.
+        for op, payload in [
+            (OP_BIN, b"\x01" * 32),
+            (OP_TEXT, ASSISTANT_TEXT),
+            (OP_TEXT, b"marker"),
+        ]:
+            await client.send_frame(op, payload)
+            assert await client.recv() == (op, payload)
+        await echo.wait_for(lambda: len(echo.conns[0].received) == 3)
+        assert echo.conns[0].path == "/v1/agent/converse"
+        assert echo.conns[0].received == [b"\x01" * 32, ASSISTANT_TEXT.decode(), "marker"]
 
 
 async def test_text_only_first_turn_from_the_simulator_gets_nothing_extra(dg, sim):
@@ -678,3 +686,34 @@ async def test_full_speak_exchange(dg, sim):
         "type": "Speak",
         "text": text,
     }
+
+
+async def test_large_and_fragmented_messages_pass_intact(dg, raw_up):
+    gw = await dg.gateway(raw_up.port)
+    big_up = bytes(range(256)) * 1200  # 300 KiB from the client
+    big_down = bytes(reversed(range(256))) * 2800  # 700 KiB from Deepgram
+    with trio.fail_after(5):
+        client = await dg.connect(gw, AGENT)
+        up = await raw_up.wait_conn()
+        await client.send_binary(big_up)
+        await up.wait_until(lambda u: len(u.frames) == 1)
+        assert up.frames == [(OP_BIN, big_up)]
+        await up.send(OP_BIN, big_down)
+        assert await client.recv() == (OP_BIN, big_down)
+        # An assistant text split in fragments with a ping between them: the synthetic
+        # AgentAudioDone follows the last fragment, the ping is answered upstream only.
+        half = len(ASSISTANT_TEXT) // 2
+        await up.send(OP_TEXT, ASSISTANT_TEXT[:half], fin=False)
+        await up.send(OP_PING, b"mid")
+        await up.send(0x0, ASSISTANT_TEXT[half:])
+        await up.send(OP_TEXT, b"marker")
+        assert await client.recv_frame() == (OP_TEXT, False, ASSISTANT_TEXT[:half])
+        assert await client.recv_frame() == (0x0, True, ASSISTANT_TEXT[half:])
+        assert await client.recv_frame() == (OP_TEXT, True, AGENT_AUDIO_DONE)
+        assert await client.recv_frame() == (OP_TEXT, True, b"marker")
+        await up.wait_until(lambda u: (OP_PONG, b"mid") in u.frames)
+        # Client fragments stay fragments upstream.
+        await client.send_frame(OP_TEXT, b'{"type":', fin=False)
+        await client.send_frame(0x0, b'"KeepAlive"}')
+        await up.wait_until(lambda u: len(u.frames) >= 4)
+        assert up.frames[-2:] == [(OP_TEXT, b'{"type":'), (0x0, b'"KeepAlive"}')]

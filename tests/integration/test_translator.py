@@ -829,6 +829,18 @@ async def test_frames_sent_before_the_upstream_opens_are_kept_in_order(gw, fake,
     assert users == ["first", "second"]
 
 
+async def test_client_gone_before_the_upstream_opened(gw, fake, connect):
+    gate = trio.Event()
+    fake.script = Script(accept_gate=gate)
+    client = await connect(gw)
+    await client.send(SETTINGS)
+    conn = await fake.next_conn()
+    await client.ws.aclose(1000)
+    gate.set()  # the upstream answers late: the gateway has abandoned that connection
+    assert await conn.wait_closed(timeout=1.0) in (1000, 1006)
+    assert conn.received == []
+
+
 @pytest.mark.parametrize("code", [1000, 4000])
 async def test_client_close_mid_turn_closes_upstream_promptly(gw, fake, connect, code):
     fake.script = Script(respond=False)
@@ -864,14 +876,36 @@ async def test_message_far_too_large_still_gets_the_error_first(fast_gw, fake, c
     assert await conn.wait_closed() == 1000
 
 
-async def test_idle_timeout(gateway_factory, fwd, fake, connect):
-    gateway = await gateway_factory("--idle-timeout", "0.5", env=fwd_env(fwd))
-    client, conn = await ready(gateway, fake, connect)
+@pytest.fixture(scope="module")
+def limits_gw(fwd):
+    """Idle timeout 0.5 s, sessions of at most 1 s."""
+    gateway = start_gateway("--idle-timeout", "0.5", "--max-session-seconds", "1", env=fwd_env(fwd))
+    yield gateway
+    gateway.stop()
+    check_gateway_output(gateway)
+
+
+async def test_idle_timeout(limits_gw, fake, connect):
+    client, conn = await ready(limits_gw, fake, connect)
     started = trio.current_time()
     close = await client.wait_closed()
-    assert 0.3 <= trio.current_time() - started < 2.0
+    assert 0.3 <= trio.current_time() - started < 0.9
     assert client.after_welcome() == ["SettingsApplied", "Error"]
     assert client.frames[-1]["code"] == "idle_timeout"
+    assert close.code == 1000
+    assert await conn.wait_closed() == 1000
+
+
+async def test_max_session_duration(limits_gw, fake, connect):
+    client, conn = await ready(limits_gw, fake, connect)
+    with trio.fail_after(3):
+        while not client.closed.is_set():  # stay active: the idle timeout never fires
+            await client.send({"type": "KeepAlive"})
+            with trio.move_on_after(0.1):
+                await client.closed.wait()
+    close = await client.wait_closed()
+    assert client.after_welcome() == ["SettingsApplied", "Error"]
+    assert client.frames[-1]["code"] == "session_max_duration"
     assert close.code == 1000
     assert await conn.wait_closed() == 1000
 
@@ -907,7 +941,7 @@ async def test_audio_flood_before_ready_is_bounded_and_kept(gw, fake, connect):
     conn = await fake.next_conn()
     await conn.wait_for(lambda c: c.count("session.update") == 1)
     before = rss_bytes(worker["pid"])
-    frame_samples, frames = 96_000, 96  # 96 frames of 192 KB = 18 MiB of 16 kHz PCM16
+    frame_samples, frames = 96_000, 64  # 64 frames of 192 KB = 12 MiB of 16 kHz PCM16
     progress = {"sent": 0, "at": trio.current_time()}
     done = trio.Event()
 
@@ -925,13 +959,14 @@ async def test_audio_flood_before_ready_is_bounded_and_kept(gw, fake, connect):
                 await trio.sleep(0.05)
         await trio.sleep(0.2)
         grown = rss_bytes(worker["pid"]) - before
-        assert grown < 12 * 1024 * 1024, f"worker grew by {grown} bytes while the upstream was not ready"
+        assert grown < 8 * 1024 * 1024, f"worker grew by {grown} bytes while the upstream was not ready"
         gate.set()
         with trio.fail_after(20):
             await done.wait()
     await client.wait_type("SettingsApplied", timeout=10)
     expected = math.floor((frames * frame_samples - 1) * 3 / 2) + 1
-    await conn.wait_for(lambda c: sum(len(a) for a in c.appended_audio()) == expected * 2, timeout=20)
+    await conn.wait_for(lambda c: c.count("input_audio_buffer.append") == frames, timeout=20)
+    assert sum(len(a) for a in conn.appended_audio()) == expected * 2
     samples = np.frombuffer(b"".join(conn.appended_audio()), "<i2")
     assert np.all(np.diff(samples) >= 0), "audio reordered"
     assert set(range(0, frames * 100, 100)) <= set(np.unique(samples).tolist()), "audio dropped"

@@ -183,9 +183,9 @@ class RawUpConn:
         while not predicate(self):
             await self.changed.wait()
 
-    async def send(self, opcode: int, payload: bytes = b"") -> None:
+    async def send(self, opcode: int, payload: bytes = b"", *, fin: bool = True) -> None:
         n = len(payload)
-        head = bytes([0x80 | opcode])
+        head = bytes([(0x80 if fin else 0) | opcode])
         if n < 126:
             head += bytes([n])
         elif n < 65536:

@@ -91,6 +91,7 @@ class FakeConn:
         self._replies = 0
         self._outputs = 0
         self._updated_once = False
+        self._closing: trio.Event | None = None
 
     # -- what a test reads -------------------------------------------------------------------
 
@@ -135,10 +136,15 @@ class FakeConn:
         self.server.bump()
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Start a close handshake with this code (bounded)."""
+        """Start a close handshake with this code (bounded); the connection's reader keeps
+        running until the peer's answer arrived."""
         assert self.ws is not None
-        with trio.move_on_after(2):
-            await self.ws.aclose(code, reason)
+        self._closing = trio.Event()
+        try:
+            with trio.move_on_after(2):
+                await self.ws.aclose(code, reason)
+        finally:
+            self._closing.set()
         with trio.move_on_after(2):
             await self.closed.wait()
 
@@ -321,7 +327,10 @@ class ScriptedOpenAI:
             try:
                 message = await conn.ws.get_message()
             except tws.ConnectionClosed as exc:
-                conn.close_code = exc.reason.code if exc.reason else None
+                if conn._closing is not None:  # we started the close: let the handshake finish
+                    await conn._closing.wait()
+                else:
+                    conn.close_code = exc.reason.code if exc.reason else None
                 return
             try:
                 event = orjson.loads(message) if isinstance(message, str) else message

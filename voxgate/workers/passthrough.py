@@ -15,7 +15,13 @@ import trio
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.handshake import open_upstream
 from voxgate.workers.runtime import Session
-from voxgate.workers.splice import SplicePolicy, SpliceStats, UpstreamObserver, run_splice
+from voxgate.workers.splice import (
+    SplicePolicy,
+    SpliceStats,
+    UpstreamObserver,
+    default_upstream_failure,
+    run_splice,
+)
 
 # Query parameters that belong to voxgate, never to a provider (P5, openai-translator §10).
 GATEWAY_PARAMS = frozenset({"token", "traceId", "access_token"})
@@ -54,12 +60,6 @@ def auth_subprotocol(offered: list[str]) -> str | None:
     return None
 
 
-def _failure_close(err: UpstreamConnectError) -> tuple[int, str]:
-    if err.auth:
-        return 1008, "upstream auth failed"
-    return 1011, "upstream unavailable"
-
-
 async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
     """Accept the client with the chosen subprotocol and relay until either side ends."""
     config = session.config
@@ -70,7 +70,7 @@ async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
         return
 
     def on_failure(err: UpstreamConnectError) -> tuple[list[bytes], int, str]:
-        code, reason = _failure_close(err)
+        _, code, reason = default_upstream_failure(err)
         session.counters.upstream_failures[err.kind] += 1
         session.log.warning("upstream failed", kind=err.kind, status=err.status, close=code)
         return profile.failure_payloads(err), code, reason

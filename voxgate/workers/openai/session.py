@@ -285,20 +285,25 @@ class TranslatorSession:
         """Idle timeout, max duration and drain, each ending with the core's Error + close."""
         config = self.session.config
         started = trio.current_time()
-        while True:
-            now = trio.current_time()
-            deadlines = []
+
+        def deadlines() -> list[tuple[float, str]]:
+            # Recomputed after every wake-up: client activity moves the idle deadline.
+            out = []
             if config.idle_timeout:
-                deadlines.append((self.last_client_activity + config.idle_timeout, "idle_timeout"))
+                out.append((self.last_client_activity + config.idle_timeout, "idle_timeout"))
             if config.max_session_seconds:
-                deadlines.append((started + config.max_session_seconds, "session_max_duration"))
+                out.append((started + config.max_session_seconds, "session_max_duration"))
+            return out
+
+        while True:
             code = None
-            with trio.move_on_at(min((d for d, _ in deadlines), default=now + 3600)):
+            wake = min((d for d, _ in deadlines()), default=trio.current_time() + 3600)
+            with trio.move_on_at(wake):
                 await self.session.shutdown.wait()
                 code = "shutting_down"
             if code is None:
                 now = trio.current_time()
-                code = next((c for d, c in deadlines if d <= now), None)
+                code = next((c for d, c in deadlines() if d <= now), None)
             if code is not None:
                 self.session.log.info("gateway limit", limit=code)
                 await self.feed(partial(self.core.gateway_limit, code))
