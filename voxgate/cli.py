@@ -398,6 +398,11 @@ def _register_subcommands() -> None:
     from voxgate.demo import demo
 
     cli.add_command(demo)
+    try:
+        from benchmarks.cli import bench
+    except ImportError:  # an installed wheel without the benchmarks package
+        return
+    cli.add_command(bench)
 
 
 _register_subcommands()
