@@ -698,8 +698,9 @@ async def test_large_and_fragmented_messages_pass_intact(dg, raw_up):
         await client.send_binary(big_up)
         await up.wait_until(lambda u: len(u.frames) == 1)
         assert up.frames == [(OP_BIN, big_up)]
-        await up.send(OP_BIN, big_down)
-        assert await client.recv() == (OP_BIN, big_down)
+        async with trio.open_nursery() as nursery:  # backpressure: read while it is sent
+            nursery.start_soon(up.send, OP_BIN, big_down)
+            assert await client.recv() == (OP_BIN, big_down)
         # An assistant text split in fragments with a ping between them: the synthetic
         # AgentAudioDone follows the last fragment, the ping is answered upstream only.
         half = len(ASSISTANT_TEXT) // 2

@@ -13,6 +13,7 @@ marker's answer: both legs are ordered, so anything the message caused would com
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 import signal
@@ -878,8 +879,9 @@ async def test_message_far_too_large_still_gets_the_error_first(fast_gw, fake, c
 
 @pytest.fixture(scope="module")
 def limits_gw(fwd):
-    """Idle timeout 0.5 s, sessions of at most 1 s."""
-    gateway = start_gateway("--idle-timeout", "0.5", "--max-session-seconds", "1", env=fwd_env(fwd))
+    """Idle timeout 0.5 s, sessions of at most 1 s, strict mode (D15)."""
+    gateway = start_gateway("--idle-timeout", "0.5", "--max-session-seconds", "1", "--translator-strict",
+                            env=fwd_env(fwd))
     yield gateway
     gateway.stop()
     check_gateway_output(gateway)
@@ -889,7 +891,7 @@ async def test_idle_timeout(limits_gw, fake, connect):
     client, conn = await ready(limits_gw, fake, connect)
     started = trio.current_time()
     close = await client.wait_closed()
-    assert 0.3 <= trio.current_time() - started < 0.9
+    assert 0.3 <= trio.current_time() - started < 1.5
     assert client.after_welcome() == ["SettingsApplied", "Error"]
     assert client.frames[-1]["code"] == "idle_timeout"
     assert close.code == 1000
@@ -908,6 +910,29 @@ async def test_max_session_duration(limits_gw, fake, connect):
     assert client.frames[-1]["code"] == "session_max_duration"
     assert close.code == 1000
     assert await conn.wait_closed() == 1000
+
+
+async def test_strict_mode_allows_only_the_reference_types(limits_gw, fake, connect):
+    client, conn = await ready(limits_gw, fake, connect)
+    await client.send({"type": "KeepAlive"})
+    await client.send({"type": "Foo"})
+    await client.send({"type": "UpdatePrompt", "prompt": "x"})
+    await client.send({"type": "InjectUserMessage", "content": "q"})
+    await client.wait_type("AgentAudioDone")
+    errors = client.of("Error")
+    assert [e["code"] for e in errors] == ["disallowed_client_message_type"] * 2
+    assert errors[0]["description"].startswith('Disallowed client message type "Foo" for OpenAI proxy (Issue #533).')
+    assert '"UpdatePrompt"' in errors[1]["description"]
+    assert conn.types() == ["session.update", "conversation.item.create", "response.create"]
+
+
+async def test_trace_id_is_logged_and_no_client_query_goes_upstream(gw, fake, connect):
+    client = await connect(gw, "/openai?traceId=trace-v36&model=gpt-realtime-mini&debug=1")
+    await client.send(SETTINGS)
+    conn = await fake.next_conn()
+    await client.wait_type("SettingsApplied")
+    assert conn.query == [("model", "gpt-realtime")]
+    assert re.search(r"session accepted .*trace=trace-v36", gw.output)
 
 
 async def test_sigterm_drain(gateway_factory, fwd, fake, connect):
@@ -1053,3 +1078,27 @@ async def test_sim_upstream_error(gw, sim, connect):
     assert error["code"] == "invalid_value" and "'sometimes'" in error["description"]
     assert client.count("SettingsApplied") == 0
     assert not client.closed.is_set()
+
+
+@pytest.mark.parametrize(("audio", "formats", "sent", "appended", "reply_bytes"), [
+    ({"input": {"encoding": "mulaw", "sample_rate": 8000}, "output": {"encoding": "mulaw", "sample_rate": 8000}},
+     ("audio/pcmu", "audio/pcmu"), bytes(range(256)) * 4, bytes(range(256)) * 4, 2400),
+    ({"input": {"encoding": "alaw"}, "output": {"encoding": "alaw", "sample_rate": 8000}},
+     ("audio/pcma", "audio/pcma"), b"\xd5" * 800, b"\xd5" * 800, 2400),
+    ({"input": {"encoding": "linear16", "sample_rate": 48000}, "output": {"encoding": "linear16", "sample_rate": 16000}},
+     ("audio/pcm", None), bytes(1920), bytes(960), 9600),
+])
+async def test_sim_audio_formats(gw, sim, connect, audio, formats, sent, appended, reply_bytes):
+    """D4/D5: G.711 travels natively both ways; other linear16 rates are resampled."""
+    client = await connect(gw)
+    await client.send({"type": "Settings", "audio": audio, "agent": {"think": {"prompt": ""}}})
+    await client.wait_type("SettingsApplied")
+    await client.send(sent)
+    await client.send({"type": "InjectUserMessage", "content": "hi"})
+    await client.wait_type("AgentAudioDone")
+    session = sim.connections[0].received_json()[0]["session"]["audio"]
+    assert session["input"]["format"]["type"] == formats[0]
+    assert session.get("output", {}).get("format", {}).get("type") == formats[1]
+    appends = [e for e in sim.connections[0].received_json() if e["type"] == "input_audio_buffer.append"]
+    assert [base64.b64decode(e["audio"]) for e in appends] == [appended]
+    assert sum(len(f) for f in client.frames if isinstance(f, bytes)) == reply_bytes

@@ -82,7 +82,8 @@ class FakeConn:
         self.accepted = False
         self.received: list[tuple[float, Any]] = []  # (trio time, parsed JSON or raw frame)
         self.sent: list[tuple[float, Any]] = []  # (trio time, event) after it was written
-        self.close_code: int | None = None  # the peer's close code; 1006 when TCP just ended
+        self.close_code: int | None = None  # the peer's close code (1006: TCP just ended;
+        # None when this side started the close)
         self.closed = trio.Event()
         self.ws: tws.WebSocketConnection | None = None
         self.nursery: trio.Nursery | None = None
@@ -157,11 +158,12 @@ class FakeConn:
 
     # -- scripted behaviour ------------------------------------------------------------------
 
-    def _later(self, delay: float, *events: dict[str, Any], gate: trio.Event | None = None) -> None:
+    def _later(self, delay: float, *events: dict[str, Any] | float, gate: trio.Event | None = None) -> None:
+        """Send `events` (a float is a pause between them) after `delay`, then after `gate`."""
         assert self.nursery is not None
         self.nursery.start_soon(self._send_later, delay, events, gate)
 
-    async def _send_later(self, delay: float, events: tuple[dict[str, Any], ...], gate: trio.Event | None) -> None:
+    async def _send_later(self, delay: float, events: tuple[dict[str, Any] | float, ...], gate: trio.Event | None) -> None:
         if delay > 0:
             await trio.sleep(delay)
         if gate is not None:
@@ -242,7 +244,7 @@ class FakeConn:
         elif variant == "response_done":
             self._later(0, response_done)
         elif variant == "response_done_then_text_done":
-            self._later(0, response_done, 0.05, text_done)  # type: ignore[arg-type]
+            self._later(0, response_done, 0.05, text_done)
         elif variant == "audio_done_response_done":
             self._later(0, {"type": "response.output_audio.done"}, response_done)
         elif variant == "item_events":
@@ -303,7 +305,7 @@ class ScriptedOpenAI:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
             if conn is not None:
-                if conn.close_code is None and conn.accepted:
+                if conn.close_code is None and conn.accepted and conn._closing is None:
                     conn.close_code = 1006
                 conn.closed.set()
                 self.bump()

@@ -19,6 +19,8 @@ from urllib.parse import urlencode
 import trio
 import trio_websocket as tws
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
 
 from voxgate.workers.deepgram.service import choose_subprotocol
 from voxgate.workers.errors import UpstreamConnectError
@@ -73,6 +75,18 @@ class _ClientConnection(tws.WebSocketConnection):
                 await self._send_channel.send(TOO_LARGE)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
+
+    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
+        # wsproto reports a frame it rejects (protocol error 1002, invalid UTF-8 1007) as a
+        # close event while the connection is still OPEN, and trio-websocket then drops TCP
+        # with no close frame. RFC 6455 §7.1.7: send the close first, so the client sees why.
+        if self._wsproto.state is ConnectionState.OPEN:
+            try:
+                reason = "invalid UTF-8" if event.code == 1007 else "protocol error"  # generic (P15)
+                await self._send(CloseConnection(code=event.code, reason=reason))
+            except tws.ConnectionClosed:
+                pass
+        await super()._handle_close_connection_event(event)
 
 
 async def _wrap_client_stream(nursery: trio.Nursery, stream: trio.abc.Stream, limit: int) -> tws.WebSocketRequest:
