@@ -125,8 +125,9 @@ GATEWAY_OPTIONS: list[Callable] = [
     click.option("--tls-key", envvar="VOXGATE_TLS_KEY", default=None, help="PEM private key for --tls-cert."),
     click.option("--log-level", envvar=["VOXGATE_LOG_LEVEL", "LOG_LEVEL"],
                  type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True),
-    click.option("--log-format", envvar="VOXGATE_LOG_FORMAT", type=click.Choice(["text", "json"]),
-                 default="text", show_default=True),
+    click.option("--log-format", envvar="VOXGATE_LOG_FORMAT", type=click.Choice(["auto", "text", "json"]),
+                 default="auto", show_default=True,
+                 help="Log lines as text or JSON; auto = text on a terminal, JSON otherwise."),
 ]
 
 
@@ -202,7 +203,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         tls_cert=opts["tls_cert"],
         tls_key=opts["tls_key"],
         log_level=opts["log_level"].lower(),
-        log_format=opts["log_format"],
+        log_format=resolve_log_format(opts["log_format"]),
     )
 
 
@@ -218,6 +219,12 @@ def check_tls(cert: str | None, key: str | None) -> None:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load the TLS certificate/key: {getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
+
+
+def resolve_log_format(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "text" if sys.stderr.isatty() else "json"
 
 
 def _env_flag(name: str) -> bool:

@@ -54,6 +54,7 @@ def clean_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     env.pop("LOG_LEVEL", None)
     env["SKIP_DOTENV"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    env["VOXGATE_LOG_FORMAT"] = "text"  # the demo shows gateway lines to a person
     for key, value in (extra or {}).items():
         if value is None:
             env.pop(key, None)

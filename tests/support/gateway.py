@@ -27,6 +27,7 @@ def base_env(**extra: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXGATE_", "OPENAI_", "DEEPGRAM_", "PROXY_"))}
     env["SKIP_DOTENV"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    env["VOXGATE_LOG_FORMAT"] = "text"  # tests read text lines; auto would pick JSON on a pipe
     for key, value in extra.items():
         if value is None:
             env.pop(key, None)
