@@ -11,7 +11,8 @@
 - `mode="discard"`: reads and discards as fast as the socket allows (no frame parsing).
 
 Every connection is recorded, with an event set when its TCP connection has ended, so a
-test can prove that the gateway left no upstream socket open.
+test can prove that the gateway left no upstream socket open. `drop_all()` closes every
+connection's TCP at once (how a test ends sessions stuck behind a stalled upstream).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class UpConn:
     messages: int = 0
     close_code: int | None = None  # the gateway's close code (echo mode), None if none
     closed: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 class SlowUpstream:
@@ -66,6 +68,11 @@ class SlowUpstream:
         self.changed.set()
         self.changed = trio.Event()
 
+    def drop_all(self) -> None:
+        """End every connection's TCP now, without a close frame."""
+        for conn in self.conns:
+            conn.scope.cancel()
+
     @property
     def open_count(self) -> int:
         return sum(1 for c in self.conns if not c.closed.is_set())
@@ -85,14 +92,15 @@ class SlowUpstream:
         self.conns.append(conn)
         self._bump()
         try:
-            ws = WSConnection(ConnectionType.SERVER)
-            if await self._handshake(stream, ws, conn):
-                if self.mode == "echo":
-                    await self._echo(stream, ws, conn)
-                else:
-                    for message in self.greeting:
-                        await stream.send_all(ws.send(_message(message)))
-                    await self._raw(stream, conn)
+            with conn.scope:
+                ws = WSConnection(ConnectionType.SERVER)
+                if await self._handshake(stream, ws, conn):
+                    if self.mode == "echo":
+                        await self._echo(stream, ws, conn)
+                    else:
+                        for message in self.greeting:
+                            await stream.send_all(ws.send(_message(message)))
+                        await self._raw(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError):
             pass
         finally:

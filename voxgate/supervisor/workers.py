@@ -74,9 +74,18 @@ class Worker:
         return len(self.sessions)
 
     async def hand_off(self, header: dict[str, Any], payload: bytes, fd: int) -> None:
-        """Send a client socket to this worker; raises ChannelClosed if it is gone."""
-        await self.channel.send(header, payload, fd)
-        self.sessions[header["sid"]] = SessionRef(header.get("peer", ""), header.get("route", ""))
+        """Send a client socket to this worker; raises ChannelClosed if it is gone.
+
+        The session is counted before the send: the send yields after the fd is delivered,
+        and a worker can end a short session and report "end" in that gap; counting after
+        would leak a session that then holds a slot of every cap for good."""
+        sid = header["sid"]
+        self.sessions[sid] = SessionRef(header.get("peer", ""), header.get("route", ""))
+        try:
+            await self.channel.send(header, payload, fd)
+        except BaseException:
+            self.sessions.pop(sid, None)
+            raise
 
     def snapshot(self) -> dict[str, Any]:
         return {"id": self.worker_id, "pid": self.pid, "state": self.state, "sessions": self.load}

@@ -71,6 +71,7 @@ __all__ = ["SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLO
 CLOSE_TIMEOUT = 2.0  # how long the closing handshake may take before TCP is closed anyway
 RECV_SIZE = 65536
 MAX_OBSERVED_TEXT = 1 << 20  # larger upstream text messages are forwarded but not observed
+MAX_QUEUED_CONTROL = 64 * 1024  # control bytes queued for a busy leg before its pump waits
 
 LIMIT_CLIENT_CODES = {
     "message_too_large": 1009,
@@ -170,6 +171,9 @@ class _SendLock:
     def release(self) -> None:
         self._lock.release()
 
+    def locked(self) -> bool:
+        return self._lock.locked()
+
     async def __aenter__(self) -> None:
         await self.acquire()
 
@@ -187,6 +191,7 @@ class _Leg:
     broken: bool = False  # a frame was cut mid-way: only a TCP close is possible
     finished: trio.Event = field(default_factory=trio.Event)
     ctrl: list[bytes] = field(default_factory=list)  # control frames waiting for the lock
+    ctrl_bytes: int = 0
     ctrl_task: bool = False
     fd: int = -1  # socket fd when the stream is a plain trio.SocketStream (fast send path)
 
@@ -472,10 +477,10 @@ class _Splice:
                 if self.c_saw_data:
                     self.c_saw_data = False
                     self.last_client_data = trio.current_time()
+                if down:  # before forwarding: a pong must not trail the reply to later data
+                    await self._send_control(c, down)
                 if up:
                     await self._send_up(up)
-                if down:
-                    self._queue_control(c, down)
                 if action is not None:
                     await self._client_action(action)
                     return
@@ -494,13 +499,13 @@ class _Splice:
                     self._client_dropped()
                 return
 
-    def _client_frames(self, work: bytes | bytearray) -> tuple[int, bytearray, bytes | None, tuple | None]:
+    def _client_frames(self, work: bytes | bytearray) -> tuple[int, bytearray, bytearray | None, tuple | None]:
         """Parse the complete client frames in `work`: (bytes consumed, re-masked frames for
         the upstream, control frames for the client, action that stops the pump or None)."""
         pos = 0
         end = len(work)
         up = bytearray()
-        down: bytes | None = None
+        down: bytearray | None = None
         keys = self.keys
         max_msg = self.policy.max_message_bytes
         stats = self.stats
@@ -552,12 +557,15 @@ class _Splice:
                 pos = fend
                 if op == OP_PING:
                     pong = build_frame(OP_PONG, payload)
-                    down = pong if down is None else down + pong
+                    if down is None:
+                        down = bytearray()
+                    down += pong
                     up += build_frame(OP_PING, payload, keys=keys)
                 elif op == OP_CLOSE:
                     try:
                         code, reason = parse_close_payload(payload)
-                    except CloseFrameError:
+                        reason.decode()  # a close reason must be UTF-8 (RFC 6455 §5.5.1)
+                    except (CloseFrameError, UnicodeDecodeError):
                         return pos, up, down, ("protocol", "invalid close frame")
                     return pos, up, down, ("close", code, reason)
                 # OP_PONG: dropped (P16)
@@ -613,32 +621,45 @@ class _Splice:
         else:
             c.dead()
 
-    def _queue_control(self, leg: _Leg, frames: bytes) -> None:
-        """Control frames from a pump to the other side of its leg, sent by a helper task so
-        the pump keeps reading even while the leg's lock is busy (a frame mid-stream)."""
+    async def _send_control(self, leg: _Leg, frames: bytes | bytearray) -> None:
+        """Control frames (pongs) from a pump to the other side of its leg. An idle leg gets
+        them at once, from the pump itself, so a pong leaves before anything the pump forwards
+        next. While the leg's lock is busy (a frame mid-stream) they are queued for a helper
+        task and the pump keeps reading; past MAX_QUEUED_CONTROL the pump waits for the leg
+        too, so a peer that floods pings and never reads cannot grow the worker's memory."""
         leg.ctrl.append(frames)
-        if not leg.ctrl_task:
-            leg.ctrl_task = True
-            self.nursery.start_soon(self._flush_control, leg)
+        leg.ctrl_bytes += len(frames)
+        if leg.ctrl_task or leg.lock.locked():
+            if not leg.ctrl_task:
+                leg.ctrl_task = True
+                self.nursery.start_soon(self._flush_control, leg)
+            if leg.ctrl_bytes <= MAX_QUEUED_CONTROL:
+                return
+        await self._write_control(leg)
 
     async def _flush_control(self, leg: _Leg) -> None:
         try:
-            async with leg.lock:
-                while leg.ctrl:
-                    data = b"".join(leg.ctrl)
-                    leg.ctrl.clear()
-                    if leg.out_closed or leg.stream is None:
-                        continue
-                    try:
-                        await leg.send(data)
-                    except _Broken:
-                        if leg is self.c:
-                            self._client_dropped()
-                        else:
-                            self._upstream_dropped()
+            await self._write_control(leg)
         finally:
             leg.ctrl_task = False
             leg.ctrl.clear()
+            leg.ctrl_bytes = 0
+
+    async def _write_control(self, leg: _Leg) -> None:
+        async with leg.lock:
+            while leg.ctrl:
+                data = b"".join(leg.ctrl)
+                leg.ctrl.clear()
+                leg.ctrl_bytes = 0
+                if leg.out_closed or leg.stream is None:
+                    continue
+                try:
+                    await leg.send(data)
+                except _Broken:
+                    if leg is self.c:
+                        self._client_dropped()
+                    else:
+                        self._upstream_dropped()
 
     # ---------------------------------------------------------------- upstream -> client
 
@@ -653,7 +674,7 @@ class _Splice:
                     if out:
                         await self._send_down(out)
                     if ctrl:
-                        self._queue_control(up, ctrl)
+                        await self._send_control(up, ctrl)
                     if action is not None:
                         await self._upstream_action(action)
                         return
@@ -678,7 +699,7 @@ class _Splice:
             self.d_lock_held = False
             self.c.lock.release()
 
-    def _upstream_frames(self, data: bytes) -> tuple[list, bytes | None, tuple | None]:
+    def _upstream_frames(self, data: bytes) -> tuple[list, bytearray | None, tuple | None]:
         """Split a chunk of upstream bytes: (segments to forward to the client, control frames
         for the upstream, action that stops the pump or None). Data frames are forwarded as
         they are, also partially; control frames are cut out and handled."""
@@ -690,7 +711,7 @@ class _Splice:
         pos = 0
         run = -1  # start of the current run of bytes forwarded unchanged
         out: list = []
-        ctrl: bytes | None = None
+        ctrl: bytearray | None = None
         obs = self.d_obs
         observer = self.observer
         stats = self.stats
@@ -743,7 +764,9 @@ class _Splice:
                 pos = fend
                 if op == OP_PING:
                     pong = build_frame(OP_PONG, payload, keys=self.keys)
-                    ctrl = pong if ctrl is None else ctrl + pong
+                    if ctrl is None:
+                        ctrl = bytearray()
+                    ctrl += pong
                 elif op == OP_CLOSE:
                     try:
                         code, reason = parse_close_payload(payload)
