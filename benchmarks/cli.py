@@ -11,12 +11,32 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import click
 import orjson
+
+
+def code_version() -> dict:
+    """The commit measured and the product files that differed from it (a benchmark of a
+    dirty tree says so)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    import voxgate
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "voxgate").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "dirty": dirty,
+            "voxgate_path": str(Path(voxgate.__file__).resolve().parent)}
 
 
 @click.command("bench")
@@ -60,6 +80,7 @@ def bench(quick: bool, scenarios: tuple[str, ...], sessions: int | None, duratio
         click.echo(message, err=True)
 
     started = time.time()
+    code = code_version()  # before the run: the tree may change while it runs
     load_before = os.getloadavg()
     raw = runner.run_all(opts, log)
     load_after = os.getloadavg()
@@ -75,7 +96,7 @@ def bench(quick: bool, scenarios: tuple[str, ...], sessions: int | None, duratio
                 peers_info[name] = {"ran": False, "reason": raw["skipped"].get(name, "not requested")}
         doc = {
             "schema": "voxgate-bench/1",
-            "command": " ".join(["voxgate bench", *map(shlex.quote, sys.argv[1:])]),
+            "command": " ".join(["voxgate bench", *map(shlex.quote, _own_args())]),
             "quick": quick,
             "runs": opts.runs,
             "workers_per_provider": workers_per_provider,
@@ -85,6 +106,7 @@ def bench(quick: bool, scenarios: tuple[str, ...], sessions: int | None, duratio
                         "platform": platform.platform(), "nofile": raw["nofile"],
                         "loadavg_before": [round(x, 2) for x in load_before],
                         "loadavg_after": [round(x, 2) for x in load_after]},
+            "code": code,
             "peers": peers_info,
             "scenarios": results,
             "targets": verdicts,
@@ -92,3 +114,9 @@ def bench(quick: bool, scenarios: tuple[str, ...], sessions: int | None, duratio
         }
         Path(json_path).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
         log(f"wrote {json_path}")
+
+
+def _own_args() -> list[str]:
+    """This command's arguments, whether run as `voxgate bench ...` or `python -m benchmarks ...`."""
+    args = sys.argv[1:]
+    return args[1:] if args[:1] == ["bench"] else args

@@ -53,7 +53,8 @@ class Monitor:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds per monitored process, plus `_system`: busy seconds of the machine."""
-        out = {"_system": procs.system_busy_seconds()}
+        busy, irq = procs.system_busy_seconds()
+        out = {"_system": busy, "_irq": irq}
         for label, pid in self.pids.items():
             value = procs.cpu_seconds(pid)
             if value is not None:
@@ -106,11 +107,14 @@ def percentiles_ms(values_ns: list[int]) -> dict[str, float | None]:
 
 
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    """Per-process CPU seconds over an interval; `other` is what the rest of the machine
-    used meanwhile (other tenants, kernel threads): a noisy measurement shows up there."""
-    out = {k: round(after[k] - before[k], 3) for k in after if k in before and k != "_system"}
+    """Per-process CPU seconds over an interval, plus `kernel.irq` (interrupt time, mostly
+    loopback TCP delivery) and `other`: what the rest of the machine used meanwhile (other
+    tenants); a noisy measurement shows up there."""
+    out = {k: round(after[k] - before[k], 3) for k in after if k in before and not k.startswith("_")}
     if "_system" in after and "_system" in before:
-        out["other"] = round(max(0.0, after["_system"] - before["_system"] - sum(out.values())), 3)
+        irq = round(after["_irq"] - before["_irq"], 3)
+        out["other"] = round(max(0.0, after["_system"] - before["_system"] - irq - sum(out.values())), 3)
+        out["kernel.irq"] = irq
     return out
 
 
@@ -303,7 +307,7 @@ class Phases:
     # -- connection setup ------------------------------------------------------------------
 
     def setup(self, target: Target, *, connections: int, warmup: int = 3, timeout: float = 5.0,
-              budget: float | None = None) -> dict:
+              budget: float | None = None, on_window: WindowHook | None = None) -> dict:
         """Sequential connections (one at a time, so each is timed alone)."""
         loop = self.loop
         ph = PhaseState()
@@ -312,6 +316,7 @@ class Phases:
         tfirst: list[int] = []
         cpu0 = self.monitor.cpu()
         started = perf_counter_ns()
+        finish_hook = None
         for i in range(warmup + connections):
             if perf_counter_ns() > give_up:
                 ph.error(f"phase deadline: {warmup + connections - i} connections not attempted")
@@ -327,8 +332,11 @@ class Phases:
             if i == warmup - 1:
                 cpu0 = self.monitor.cpu()
                 started = perf_counter_ns()
+                finish_hook = on_window(connections * 0.004) if on_window else None
         elapsed = (perf_counter_ns() - started) / SEC
         cpu1 = self.monitor.cpu()
+        if finish_hook:
+            finish_hook()
         first = percentiles_ms(tfirst)
         to101 = percentiles_ms(t101)
         return {

@@ -31,12 +31,14 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def system_busy_seconds() -> float:
-    """CPU seconds all cores spent not idle since boot (/proc/stat), to see what else ran."""
+def system_busy_seconds() -> tuple[float, float]:
+    """(busy, irq) CPU seconds of all cores since boot (/proc/stat): busy = not idle; irq =
+    hard and soft interrupt time, which no process is charged for (loopback TCP delivery
+    runs there), so it is reported on its own rather than as another tenant's load."""
     with open("/proc/stat", "rb") as fh:
         fields = [int(x) for x in fh.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal ...
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK, (fields[5] + fields[6]) / CLK_TCK
 
 
 def memory_kib(pid: int) -> tuple[int, int] | None:
@@ -67,6 +69,21 @@ def children(pid: int) -> list[int]:
         if ppid == pid:
             out.append(int(entry))
     return out
+
+
+def kernel_threads(prefix: str) -> list[int]:
+    """PIDs of kernel threads whose name starts with `prefix` (e.g. ksoftirqd: loopback
+    TCP work lands there under load, and should not read as another tenant's CPU)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm", "rb") as fh:
+                    if fh.read().decode(errors="replace").startswith(prefix):
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return sorted(out)
 
 
 def pid_alive(pid: int) -> bool:

@@ -55,7 +55,7 @@ def summarise(text: str) -> tuple[int, Counter[str], Counter[str], Counter[str]]
 
 
 def render(path: Path, top: int) -> str:
-    total, own, incl, _ = summarise(path.read_text(errors="replace"))
+    total, own, incl, lines = summarise(path.read_text(errors="replace"))
     if not total:
         return f"{path.name}: no samples"
     out = [f"{path.name}: {total} samples"]
@@ -63,7 +63,16 @@ def render(path: Path, top: int) -> str:
     out += [f"  {100 * n / total:6.1f}  {name}" for name, n in own.most_common(top)]
     out.append("  total %  function")
     out += [f"  {100 * n / total:7.1f}  {name}" for name, n in incl.most_common(top)]
+    out.append("  self %  line")
+    out += [f"  {100 * n / total:6.1f}  {_short_line(name)}" for name, n in lines.most_common(top)]
     return "\n".join(out)
+
+
+def _short_line(frame: str) -> str:
+    match = FRAME.match(frame)
+    if not match or not match.group("line"):
+        return _short(frame)
+    return f"{_short(frame)[:-1]}:{match.group('line')})"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from benchmarks import gateway, peers
 from benchmarks.evloop import Loop
 from benchmarks.phases import Monitor, Phases, Target
-from benchmarks.procs import Managed, pid_alive, spawn, tail
+from benchmarks.procs import Managed, kernel_threads, pid_alive, spawn, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_PATH = "/v1/agent/converse"
@@ -132,7 +132,7 @@ class Profiler:
                 out = self.out_dir / f"{name}.{pid}.txt"
                 running.append(subprocess.Popen(
                     [self.binary, "record", "--pid", str(pid), "--rate", "250", "--duration",
-                     str(max(1, int(duration))), "--format", "raw", "--nonblocking", "--output", str(out)],
+                     str(max(1, int(duration))), "--format", "raw", "--output", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
 
             def finish() -> None:
@@ -194,6 +194,8 @@ class Run:
         labels["generator"] = os.getpid()
         for peer in self.peers.values():
             labels.update(peer.pids())
+        for i, pid in enumerate(kernel_threads("ksoftirqd/")):
+            labels[f"kernel.ksoftirqd.{i}"] = pid
         self.monitor = Monitor(labels)
 
     def stop(self) -> None:
@@ -240,7 +242,7 @@ class Run:
                 res = phases.idle(target, sessions=sc.sessions, open_rate=sc.open_rate,
                                   settle=0.3 if self.opts.quick else 1.0)
             elif sc.kind == "setup":
-                res = phases.setup(target, connections=sc.sessions)
+                res = phases.setup(target, connections=sc.sessions, on_window=self.profile_hook(sc, target))
             else:
                 res = phases.stream(target, mode=sc.mode, sessions=sc.sessions, duration=sc.duration,
                                     window=sc.window, open_rate=sc.open_rate,
@@ -267,7 +269,8 @@ class Run:
         return self.profiler.hook(self.gw.workers.get(provider, []), f"{sc.key}.{target.name}")
 
     def check_alive(self, res: dict) -> None:
-        dead = [label for label, pid in self.monitor.pids.items() if label != "generator" and not pid_alive(pid)]
+        dead = [label for label, pid in self.monitor.pids.items()
+                if label != "generator" and not label.startswith("kernel.") and not pid_alive(pid)]
         if dead:
             res["errors"] = res.get("errors", 0) + len(dead)
             res.setdefault("error_samples", []).append(f"process died: {', '.join(dead)}")

@@ -1,5 +1,5 @@
-"""The benchmark harness end to end (`python -m benchmarks --quick`, later `voxgate bench
---quick`): every scenario runs and the JSON is complete and well-formed.
+"""The benchmark harness end to end (`voxgate bench --quick`): every scenario runs and the
+JSON is complete and well-formed.
 
 No timed assertions: how fast things are is the benchmark's report, not a test verdict.
 """
@@ -25,7 +25,7 @@ BENCH_TIMEOUT = 240
 def run_bench(*args: str, timeout: float = BENCH_TIMEOUT) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXGATE_", "OPENAI_", "DEEPGRAM_"))}
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "voxgate", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
