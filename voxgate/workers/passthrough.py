@@ -60,14 +60,50 @@ def auth_subprotocol(offered: list[str]) -> str | None:
     return None
 
 
+class EarlyConnect:
+    """The upstream connect, started as soon as the session arrives so that it overlaps the
+    client's 101; the splice awaits `result()` as its connect step. Whatever happens, the
+    attempt lives in the caller's nursery, so ending the session cancels it (P10) and a
+    connection nobody collected is closed."""
+
+    def __init__(self, profile: UpstreamProfile, log) -> None:
+        self.profile = profile
+        self.log = log
+        self.done = trio.Event()
+        self.value: tuple[trio.abc.Stream, bytes] | None = None
+        self.error: BaseException | None = None
+        self.taken = False
+
+    async def run(self) -> None:
+        started = trio.current_time()
+        try:
+            self.value = await open_upstream(self.profile.url, self.profile.query, self.profile.headers)
+        except Exception as exc:  # noqa: BLE001 - handed to the splice, which classifies it
+            self.error = exc
+        else:
+            self.log.info("upstream connected", latency_ms=round((trio.current_time() - started) * 1000, 1))
+        finally:
+            self.done.set()
+        if self.value is not None and not self.taken:
+            try:
+                await trio.sleep_forever()  # until the session collects it or ends
+            finally:
+                if not self.taken:
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(self.value[0])
+
+    async def result(self) -> tuple[trio.abc.Stream, bytes]:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        self.taken = True
+        return self.value
+
+
 async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
     """Accept the client with the chosen subprotocol and relay until either side ends."""
     config = session.config
-    try:
-        await session.handshake.accept(session.stream, profile.subprotocol)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        session.summary["end"] = "client gone before accept"
-        return
 
     def on_failure(err: UpstreamConnectError) -> tuple[list[bytes], int, str]:
         _, code, reason = default_upstream_failure(err)
@@ -88,18 +124,21 @@ async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
     stats = SpliceStats()
     session.traffic = lambda: (stats.frames_up, stats.frames_down, stats.bytes_up, stats.bytes_down)
     session.connect_latency = lambda: stats.upstream_connect_seconds
-
-    async def connect() -> tuple[trio.abc.Stream, bytes]:
-        started = trio.current_time()
-        result = await open_upstream(profile.url, profile.query, profile.headers)
-        session.log.info("upstream connected", latency_ms=round((trio.current_time() - started) * 1000, 1))
-        return result
-
-    session.log.info("session accepted", route=session.route, peer=session.peer)
-    try:
-        await run_splice(session.stream, session.handshake.leftover, connect, policy, stats, session.shutdown)
-    finally:
-        record(session, stats)
+    early = EarlyConnect(profile, session.log)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(early.run)
+        try:
+            await session.handshake.accept(session.stream, profile.subprotocol)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            session.summary["end"] = "client gone before accept"
+            nursery.cancel_scope.cancel()
+            return
+        session.log.info("session accepted", route=session.route, peer=session.peer)
+        try:
+            await run_splice(session.stream, session.handshake.leftover, early.result, policy, stats, session.shutdown)
+        finally:
+            record(session, stats)
+            nursery.cancel_scope.cancel()
 
 
 def record(session: Session, stats: SpliceStats) -> None:
