@@ -25,10 +25,15 @@ from voxgate.workers.frames import (
     build_close_payload,
     build_frame,
     build_header,
+    build_masked_header,
     header_error,
+    parse_client_data_header,
     parse_close_payload,
     parse_header,
+    parse_server_data_header,
     xor_mask,
+    xor_mask32,
+    xor_mask_at,
 )
 
 
@@ -101,6 +106,125 @@ def test_64_bit_length_with_msb_set_is_an_error():
     assert header_error(parse_header(raw), masked=True) == "invalid length"
 
 
+# ---------------------------------------------------------------- header fast paths
+
+# Headers near the interesting edges: any first byte (FIN, RSV, opcode), mask bit on or off,
+# 7-, 16- and 64-bit lengths, cut anywhere, at an offset.
+# (buffer, position of a header in it)
+headers_at = st.builds(
+    lambda b0, masked, length, key, tail, lead: (
+        lead + bytes([b0]) + build_header(OP_BINARY, length, mask=key if masked else None)[1:] + tail,
+        len(lead),
+    ),
+    st.one_of(st.sampled_from([0x00, 0x01, 0x02, 0x80, 0x81, 0x82]), st.integers(0, 255)),
+    st.booleans(),
+    st.one_of(st.integers(0, 130), st.integers(0, 0x10002), st.integers(0, 1 << 63)),
+    st.binary(min_size=4, max_size=4),
+    st.binary(max_size=12),
+    st.binary(max_size=3),
+)
+random_at = st.tuples(st.binary(max_size=20), st.integers(0, 3))
+
+
+def _fast_client_as_header(fast: tuple[int, int, int, int]) -> FrameHeader:
+    b0, length, size, key = fast
+    return FrameHeader(bool(b0 & 0x80), 0, b0 & 0x0F, key.to_bytes(4, "little"), length, size)
+
+
+def _fast_server_as_header(fast: tuple[int, int, int]) -> FrameHeader:
+    b0, length, size = fast
+    return FrameHeader(bool(b0 & 0x80), 0, b0 & 0x0F, None, length, size)
+
+
+def _common_data_frame(h: FrameHeader | None, masked: bool) -> bool:
+    return (
+        h is not None
+        and header_error(h, masked=masked) is None
+        and h.opcode in (OP_CONT, OP_TEXT, OP_BINARY)
+        and h.length < 0x10000
+    )
+
+
+@given(st.one_of(headers_at, random_at))
+def test_fast_client_header_equals_general_parser(case):
+    """Whatever the fast path accepts, the general parser reads identically and accepts;
+    and it accepts every common masked data frame with 8 bytes available."""
+    raw, pos = case
+    pos = min(pos, len(raw))
+    fast = parse_client_data_header(raw, pos)
+    h = parse_header(raw, pos)
+    if fast is not None:
+        assert h == _fast_client_as_header(fast)
+        assert header_error(h, masked=True) is None
+    elif _common_data_frame(h, masked=True):
+        assert len(raw) - pos < 8  # only a short buffer sends a common frame the slow way
+
+
+@given(st.one_of(headers_at, random_at))
+def test_fast_server_header_equals_general_parser(case):
+    raw, pos = case
+    pos = min(pos, len(raw))
+    fast = parse_server_data_header(raw, pos)
+    h = parse_header(raw, pos)
+    if fast is not None:
+        assert h == _fast_server_as_header(fast)
+        assert header_error(h, masked=False) is None
+    elif _common_data_frame(h, masked=False):
+        assert len(raw) - pos < 4
+
+
+@pytest.mark.parametrize("opcode", [OP_CONT, OP_TEXT, OP_BINARY])
+@pytest.mark.parametrize("fin", [True, False])
+@pytest.mark.parametrize("length", [0, 2, 125, 126, 960, 65535])
+def test_fast_headers_take_the_common_frames(opcode, fin, length):
+    key = b"\x01\x02\x03\x04"
+    client = build_header(opcode, length, fin=fin, mask=key) + b"\0\0"  # 8 bytes at least
+    assert parse_client_data_header(client) == (
+        (0x80 if fin else 0) | opcode, length, 6 if length < 126 else 8, 0x04030201
+    )
+    server = build_header(opcode, length, fin=fin) + b"\0\0"
+    assert parse_server_data_header(server) == ((0x80 if fin else 0) | opcode, length, 2 if length < 126 else 4)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes([0x89, 0x80 | 5]) + b"abcd" + b"hello",  # ping: control frames take the general path
+        bytes([0x88, 0x80 | 2]) + b"abcd\x03\xe8",  # close
+        bytes([0xC2, 0x80 | 5]) + b"abcd" + b"hello",  # RSV1
+        bytes([0x83, 0x80 | 5]) + b"abcd" + b"hello",  # unknown opcode
+        bytes([0x82, 0x05]) + b"hello\0\0",  # unmasked client frame
+        bytes([0x82, 0xFF]) + (1 << 16).to_bytes(8, "big") + b"abcd",  # 64-bit length
+    ],
+)
+def test_fast_client_header_leaves_the_rest_to_the_general_parser(raw):
+    assert parse_client_data_header(raw) is None
+
+
+def test_fast_server_header_rejects_masked_and_control_frames():
+    assert parse_server_data_header(bytes([0x82, 0x85]) + b"abcdhello") is None
+    assert parse_server_data_header(bytes([0x8A, 0x02]) + b"hi") is None
+    assert parse_server_data_header(bytes([0x82, 0x7F]) + bytes(8)) is None
+
+
+@given(
+    st.integers(0, 255) | st.sampled_from([0x00, 0x01, 0x02, 0x80, 0x81, 0x82]),
+    st.one_of(st.integers(0, 0x10002), st.integers(0, 1 << 63)),
+    st.integers(0, 0xFFFFFFFF),
+)
+def test_build_masked_header_equals_build_header(b0, length, key):
+    if b0 & 0x70:
+        b0 &= 0x8F  # the splice only re-emits frames without RSV bits
+    expected = build_header(b0 & 0x0F, length, fin=bool(b0 & 0x80), mask=key.to_bytes(4, "little"))
+    assert build_masked_header(b0, length, key) == expected
+
+
+def test_build_header_unmasked_sizes_and_bytes():
+    assert build_header(OP_TEXT, 5) == b"\x81\x05"
+    assert build_header(OP_BINARY, 126, fin=False) == b"\x02\x7e\x00\x7e"
+    assert build_header(OP_BINARY, 65536) == b"\x82\x7f" + (65536).to_bytes(8, "big")
+
+
 # ---------------------------------------------------------------- masking
 
 
@@ -123,6 +247,42 @@ def test_remask_with_xor_of_keys_is_one_pass(payload, client_key, gateway_key):
     """The splice trick: client-masked bytes XOR (client key ^ gateway key) = gateway-masked."""
     combined = bytes(a ^ b for a, b in zip(client_key, gateway_key, strict=True))
     assert xor_mask(xor_mask(payload, client_key), combined) == xor_mask(payload, gateway_key)
+
+
+@given(st.binary(max_size=2100), st.integers(0, 0xFFFFFFFF), st.integers(0, 7), st.integers(0, 7))
+def test_xor_mask_at_equals_slice_then_mask(data, key, lead, trail):
+    """The offset form, around both implementations (big-int below, numpy above the
+    threshold), any alignment, every tail length."""
+    buf = bytes(lead) + data + bytes(trail)
+    expected = naive_mask(data, key.to_bytes(4, "little"))
+    assert xor_mask_at(buf, lead, lead + len(data), key) == expected
+    assert xor_mask_at(bytearray(buf), lead, lead + len(data), key) == expected
+    assert xor_mask_at(memoryview(buf), lead, lead + len(data), key) == expected
+    assert xor_mask32(data, key) == expected
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 383, 447, 448, 449, 450, 451, 511, 512, 513, 515, 960, 963, 65539])
+def test_xor_mask32_sizes_around_the_thresholds(n):
+    data = os.urandom(n)
+    for key in (0, 0xFFFFFFFF, 0x04030201, int.from_bytes(os.urandom(4), "little")):
+        assert xor_mask32(data, key) == naive_mask(data, key.to_bytes(4, "little"))
+
+
+def test_bytearray_can_grow_after_masking():
+    """The numpy path must not keep a view on the caller's buffer (the splice resizes it)."""
+    buf = bytearray(os.urandom(2000))
+    xor_mask_at(buf, 3, 1999, 0x12345678)
+    del buf[:1000]
+    buf += b"more"
+    assert len(buf) == 1004
+
+
+def test_mask_keys_as_uint32_are_fresh_and_match_bytes():
+    keys = MaskKeys()
+    drawn = [keys.next32() for _ in range(3000)]  # crosses several pool refills
+    assert all(0 <= k <= 0xFFFFFFFF for k in drawn)
+    assert len(set(drawn)) > 2900
+    assert len({keys.next(), keys.next32().to_bytes(4, "little"), keys.next()}) == 3
 
 
 def test_mask_keys_are_fresh_and_refill():

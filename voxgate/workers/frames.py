@@ -8,6 +8,8 @@ Close *reasons* are sanitized (`safe_reason`) only when the gateway re-emits the
 from __future__ import annotations
 
 import os
+import struct
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -17,7 +19,8 @@ from voxgate.workers.closecodes import MAX_REASON_BYTES, map_close_code, safe_re
 __all__ = [
     "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
     "FrameHeader", "parse_header", "header_error", "build_header", "build_frame",
-    "xor_mask", "MaskKeys", "parse_close_payload", "build_close_payload",
+    "parse_client_data_header", "parse_server_data_header", "build_masked_header",
+    "xor_mask", "xor_mask32", "xor_mask_at", "MaskKeys", "parse_close_payload", "build_close_payload",
     "CloseFrameError", "is_valid_wire_close_code", "map_close_code", "safe_reason",
     "MAX_CONTROL_PAYLOAD",
 ]
@@ -94,20 +97,129 @@ def header_error(h: FrameHeader, *, masked: bool) -> str | None:
     return None
 
 
+# First header bytes of the data frames the fast parsers accept: opcode CONT/TEXT/BINARY,
+# FIN set or not, no RSV bit. Everything else goes through the general parser.
+_DATA_B0 = frozenset((0x00, 0x01, 0x02, 0x80, 0x81, 0x82))
+_CLIENT6 = struct.Struct("<BBI").unpack_from  # b0, b1, masking key (7-bit length)
+_CLIENT8 = struct.Struct("<BxBBI").unpack_from  # b0, length hi, lo, masking key (16-bit)
+_SERVER4 = struct.Struct(">BBH").unpack_from  # b0, b1, 16-bit length (or payload bytes)
+
+
+def parse_client_data_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int, int, int] | None:
+    """Fast path for the usual client frame: a masked data frame (continuation, text or
+    binary, FIN or not, no RSV bit) with a 7- or 16-bit length and at least 8 bytes
+    available. Returns (first header byte, payload length, header size, masking key as a
+    little-endian uint32, see `xor_mask32`); None means "use parse_header", never "error".
+    Whatever it accepts, parse_header + header_error(masked=True) accept identically."""
+    if len(buf) - pos < 8:
+        return None
+    b1 = buf[pos + 1]
+    if b1 == 0xFE:
+        b0, hi, lo, key = _CLIENT8(buf, pos)
+        if b0 in _DATA_B0:
+            return b0, (hi << 8) | lo, 8, key
+    elif 0x80 <= b1 < 0xFE:
+        b0, b1, key = _CLIENT6(buf, pos)
+        if b0 in _DATA_B0:
+            return b0, b1 & 0x7F, 6, key
+    return None
+
+
+def parse_server_data_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int, int] | None:
+    """Fast path for the usual server frame: an unmasked data frame (as above) with a 7- or
+    16-bit length and at least 4 bytes available. Returns (first header byte, payload
+    length, header size); None means "use parse_header"."""
+    if len(buf) - pos < 4:
+        return None
+    b0, b1, ext = _SERVER4(buf, pos)
+    if b0 not in _DATA_B0 or b1 > 126:
+        return None
+    if b1 < 126:
+        return b0, b1, 2
+    return b0, ext, 4
+
+
+_PACK2 = struct.Struct(">BB").pack
+_PACK4 = struct.Struct(">BBH").pack
+_PACK10 = struct.Struct(">BBQ").pack
+_PACK6_MASKED = struct.Struct("<BBI").pack
+_PACK8_MASKED = struct.Struct("<BBBBI").pack
+
+
 def build_header(opcode: int, length: int, *, fin: bool = True, mask: bytes | None = None) -> bytes:
     """Header for a frame; `mask` is the 4-byte masking key (client-to-server frames)."""
-    b0 = (0x80 if fin else 0) | opcode
-    mbit = 0x80 if mask is not None else 0
+    b0 = (0x80 | opcode) if fin else opcode
+    if mask is None:
+        if length < 126:
+            return _PACK2(b0, length)
+        if length < 0x10000:
+            return _PACK4(b0, 126, length)
+        return _PACK10(b0, 127, length)
     if length < 126:
-        head = bytes((b0, mbit | length))
-    elif length < 0x10000:
-        head = bytes((b0, mbit | 126)) + length.to_bytes(2, "big")
-    else:
-        head = bytes((b0, mbit | 127)) + length.to_bytes(8, "big")
-    return head + mask if mask is not None else head
+        return _PACK2(b0, 0x80 | length) + mask
+    if length < 0x10000:
+        return _PACK4(b0, 0xFE, length) + mask
+    return _PACK10(b0, 0xFF, length) + mask
 
 
-_NP_THRESHOLD = 640  # below this the big-int XOR is faster than numpy (measured, see splice.py)
+def build_masked_header(b0: int, length: int, key: int) -> bytes:
+    """Header of a masked frame from its first byte (FIN, RSV, opcode) and the masking key
+    as a little-endian uint32 (the splice's re-masking path; see `xor_mask32`)."""
+    if length < 126:
+        return _PACK6_MASKED(b0, 0x80 | length, key)
+    if length < 0x10000:
+        return _PACK8_MASKED(b0, 0xFE, length >> 8, length & 0xFF, key)
+    return _PACK10(b0, 0xFF, length) + key.to_bytes(4, "little")
+
+
+# XOR with a repeating 4-byte key. Small payloads: one big-int XOR against the key times
+# 0x00000001_00000001... (no carries, since the key is < 2**32). Larger ones: numpy as uint32
+# words against a 0-d array (cheaper than building a numpy scalar per call; one per thread,
+# since it is rewritten on each call). Crossover measured, see splice.py.
+_NP_THRESHOLD = 448
+_ONES = [0]
+for _ in range(_NP_THRESHOLD // 4 + 1):
+    _ONES.append((_ONES[-1] << 32) | 1)
+_U32 = np.dtype("<u4")
+_tls = threading.local()
+
+
+def _key_array() -> np.ndarray:
+    arr = _tls.key = np.zeros((), _U32)
+    return arr
+
+
+def xor_mask_at(buf: bytes | bytearray | memoryview, start: int, stop: int, key: int) -> bytes:
+    """`buf[start:stop]` XOR the repeating masking key given as a little-endian uint32
+    (`int.from_bytes(key, "little")`), without slicing (copying) `buf` first for numpy."""
+    n = stop - start
+    if n < _NP_THRESHOLD:
+        if n <= 0:
+            return b""
+        words = n >> 2
+        rep = key * _ONES[words]
+        tail = n & 3
+        if tail:
+            rep |= (key & ((1 << (tail << 3)) - 1)) << (words << 5)
+        return (int.from_bytes(buf[start:stop], "little") ^ rep).to_bytes(n, "little")
+    try:
+        arr = _tls.key
+    except AttributeError:
+        arr = _key_array()
+    arr[()] = key
+    words = n >> 2
+    out = (np.frombuffer(buf, _U32, words, start) ^ arr).tobytes()
+    tail = n & 3
+    if tail:
+        cut = start + (words << 2)
+        out += (int.from_bytes(buf[cut:stop], "little") ^ (key & ((1 << (tail << 3)) - 1))).to_bytes(tail, "little")
+    return out
+
+
+def xor_mask32(data: bytes | bytearray | memoryview, key: int) -> bytes:
+    """`data` XOR the repeating masking key given as a little-endian uint32. Same operation
+    as `xor_mask`, without the bytes key."""
+    return xor_mask_at(data, 0, len(data), key)
 
 
 def xor_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
@@ -115,38 +227,41 @@ def xor_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
 
     The key applies from data[0]; for a chunk that starts at offset `o` of a payload, pass
     the key rotated by o % 4."""
-    n = len(data)
-    if n == 0:
-        return b""
-    rep = key * ((n >> 2) + 1)
-    if n < _NP_THRESHOLD:
-        return (
-            int.from_bytes(data, "little") ^ int.from_bytes(rep[:n], "little")
-        ).to_bytes(n, "little")
-    return (
-        np.frombuffer(data, dtype=np.uint8, count=n) ^ np.frombuffer(rep, dtype=np.uint8, count=n)
-    ).tobytes()
+    return xor_mask_at(data, 0, len(data), int.from_bytes(key, "little"))
 
 
 class MaskKeys:
     """Unpredictable 4-byte masking keys without a syscall per frame: keys are cut from a
     pool of os.urandom bytes refilled when used up."""
 
-    __slots__ = ("_pool", "_pos")
+    __slots__ = ("_pool", "_words", "_pos")
 
     _POOL = 4096
 
     def __init__(self) -> None:
+        self._refill()
+
+    def _refill(self) -> None:
         self._pool = os.urandom(self._POOL)
+        self._words = memoryview(self._pool).cast("I")
         self._pos = 0
 
     def next(self) -> bytes:
         p = self._pos
-        if p >= self._POOL:
-            self._pool = os.urandom(self._POOL)
+        if p >= self._POOL >> 2:
+            self._refill()
             p = 0
-        self._pos = p + 4
-        return self._pool[p : p + 4]
+        self._pos = p + 1
+        return self._pool[p << 2 : (p << 2) + 4]
+
+    def next32(self) -> int:
+        """A fresh key as a uint32 (for `build_masked_header` and `xor_mask32`)."""
+        p = self._pos
+        if p >= self._POOL >> 2:
+            self._refill()
+            p = 0
+        self._pos = p + 1
+        return self._words[p]
 
 
 def build_frame(opcode: int, payload: bytes, *, fin: bool = True, keys: MaskKeys | None = None) -> bytes:

@@ -17,22 +17,32 @@ moves payload bytes.
   keeps the client lock while a streamed frame is incomplete, so nothing can be written in
   the middle of a frame. No task ever waits for a lock while holding the other one: pongs
   and other control frames go through a small per-leg queue and helper task.
-- hot path: an uncontended lock does not yield, and on a plain socket a send is first one
-  non-blocking write (the pumps' receives stay the checkpoints). With that, a ping-pong
-  costs the same syscalls as a bare trio byte pipe (per round trip 2 writes, 2 epoll_wait,
-  2 epoll_ctl, 4 recv of which 2 EAGAIN; was 6 scheduler passes with trio.Lock+send_all).
+- hot path, for plain-socket legs (TLS upstreams and other streams use receive_some and
+  send_all): after a short read the pump waits for readability, then reads once (trio's
+  receive_some would first try a recv that fails with EAGAIN, raises, then waits); a send
+  is first one non-blocking write, without a coroutine when the leg's lock is free (its
+  uncontended acquire is an attribute test); a read holding exactly one whole message
+  skips the parse loop. Per ping-pong round trip the worker makes 2 writes, 2 reads,
+  2 epoll_wait, 2 epoll_ctl (was the same plus 2 recv failing with EAGAIN).
 - after the session ends each leg gets our close, the peer's close is awaited for at most
   CLOSE_TIMEOUT, then TCP is closed; a leg whose byte stream can no longer be parsed
   (protocol error, oversized message, internal error) is half-closed and drained instead.
 
-Measured on the dev box (2-core VM, Python 3.11), per frame: header parse ~0.9 µs;
-client frame checked, re-keyed and re-masked ~6 µs (20 B), ~7 µs (960 B), ~15 µs (64 KiB);
-a chunk of server frames split and forwarded ~2 µs; XOR: big-int trick 0.6 µs (20 B),
-2.5-3 µs (960 B), 260 µs (64 KiB); numpy ~2.5 µs (20 B..4 KiB), 8-10 µs (64 KiB), so numpy
-from 640 bytes. Loopback ping-pong through the gateway, separate processes: a bare trio
-pipe costs ~140-170 µs CPU per round trip on this box (trio's floor), the splice ~185-205
-µs; median latency +25..50 µs over the bare trio pipe. Below 100 µs added end to end needs
-a host where trio itself is faster than this VM (the engine adds ~10% over trio's floor).
+Measured on the dev box (2-vCPU VM, Python 3.11, trio 0.35). timeit, per call: header
+fast path 0.27 µs (server frame) / 0.39 µs (client frame), general parse_header +
+header_error 1.36 µs; client frame checked, re-keyed and re-masked 1.7 µs (20 B), 2.8 µs
+(960 B), ~14 µs (64 KiB); a read of one 960 B server frame split 0.6 µs, of 16 such 11.5
+µs. XOR: big-int (key times 0x..0001_00000001) 0.3 µs (20 B) to 1.3 µs (448 B); numpy as
+uint32 words against a reused 0-d key array 1.0-1.4 µs (448 B..4 KiB), 5-6 µs (64 KiB);
+so numpy from 448 B. In a running relay the Python part of a frame costs 2-4x those
+numbers (caches are cold after each wakeup): ping-pong in one process over socketpairs
+(no cross-process wakeups), process CPU per frame: a bare trio relay (wait_readable +
+os.read + os.write) 28 µs, the splice 40 µs (was 70 before the paths above). `voxgate
+bench` on this box (generator and upstream share the 2 vCPUs; medians of 3 back-to-back
+runs): ping-pong 68 µs of worker CPU per frame (was 108), +0.14 ms p50 over direct (was
+0.21); 50 realtime sessions 59 µs per frame (was 94); throughput 4.8 µs per frame (was
+9.3); realtime 200 p99 67 ms (was 201), with both vCPUs saturated by generator, upstream
+and worker together.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -59,11 +70,13 @@ from voxgate.workers.frames import (
     MaskKeys,
     build_close_payload,
     build_frame,
-    build_header,
+    build_masked_header,
     header_error,
+    parse_client_data_header,
     parse_close_payload,
     parse_header,
-    xor_mask,
+    parse_server_data_header,
+    xor_mask_at,
 )
 
 __all__ = ["SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
@@ -82,6 +95,8 @@ LIMIT_CLIENT_CODES = {
 LIMIT_UPSTREAM_CODES = {"shutting_down": 1001}  # others: 1000
 
 _Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
+_WHOLE_MESSAGE_B0 = frozenset((0x80 | OP_TEXT, 0x80 | OP_BINARY))  # FIN + TEXT / BINARY
+_wait_readable = trio.lowlevel.wait_readable
 
 
 class UpstreamObserver(Protocol):
@@ -154,31 +169,44 @@ async def run_splice(
 
 
 class _SendLock:
-    """trio.Lock whose uncontended acquire does not yield: the send that follows yields
-    anyway, and every scheduler pass saved is a few µs per frame."""
+    """Send lock of one leg (trio forbids concurrent send_all). Uncontended, acquiring is one
+    attribute test and does not yield: the send that follows is a checkpoint anyway, and the
+    hot paths test `held` inline. Contended, waiters queue in FIFO order and `release` hands
+    the lock straight to the first of them, as trio.Lock does."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("held", "_waiters")
 
     def __init__(self) -> None:
-        self._lock = trio.Lock()
+        self.held = False
+        self._waiters: deque[trio.lowlevel.Task] = deque()
 
     async def acquire(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        if not self.held:
+            self.held = True
+            return
+        task = trio.lowlevel.current_task()
+        self._waiters.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiters.remove(task)  # cancelled while waiting: the lock was never ours
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)  # woken by release(), lock ours
 
     def release(self) -> None:
-        self._lock.release()
+        if self._waiters:  # hand over: `held` stays True for the first waiter
+            trio.lowlevel.reschedule(self._waiters.popleft())
+        else:
+            self.held = False
 
     def locked(self) -> bool:
-        return self._lock.locked()
+        return self.held
 
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
+        self.release()
 
 
 @dataclass(eq=False)
@@ -193,27 +221,54 @@ class _Leg:
     ctrl: list[bytes] = field(default_factory=list)  # control frames waiting for the lock
     ctrl_bytes: int = 0
     ctrl_task: bool = False
-    fd: int = -1  # socket fd when the stream is a plain trio.SocketStream (fast send path)
+    # Socket fd when the stream is a plain trio.SocketStream (fast send and receive paths);
+    # set to -1 before the stream is closed, so a stale number is never used.
+    fd: int = -1
 
     def attach(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
 
-    async def send(self, data: bytes | bytearray | memoryview) -> None:
-        """send_all, but for a plain socket first one non-blocking write: when the kernel
-        takes everything (the usual case) no scheduler pass is spent. The caller holds
-        `lock`; the pumps' receives remain the checkpoints."""
-        if self.fd >= 0:
-            try:
-                n = os.write(self.fd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError as exc:
-                raise trio.BrokenResourceError("send failed") from exc
-            if n == len(data):
-                return
-            data = memoryview(data)[n:]
-        await self.stream.send_all(data)  # type: ignore[union-attr]
+    def try_send(self, data: bytes | bytearray | memoryview) -> int:
+        """One non-blocking write on a plain socket: the bytes the kernel took (0 when the
+        stream is not a plain socket or its buffer is full). No scheduler pass. The caller
+        holds `lock`."""
+        fd = self.fd
+        if fd < 0:
+            return 0
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError("send failed") from exc
+
+    async def send(self, data: bytes | bytearray | memoryview, sent: int = -1) -> None:
+        """send_all, but for a plain socket first one non-blocking write (unless the caller
+        did it already: `sent` is what it wrote). The caller holds `lock`; the pumps'
+        receives remain the checkpoints when the kernel takes everything."""
+        if sent < 0:
+            sent = self.try_send(data)
+        if sent == len(data):
+            return
+        await self.stream.send_all(memoryview(data)[sent:] if sent else data)  # type: ignore[union-attr]
+
+    def read_ready(self, fd: int) -> bytes | None:
+        """One non-blocking read after `wait_readable(fd)` said the socket is readable: b""
+        at EOF, None when there was nothing after all (wait again). Raises like receive_some
+        (ClosedResourceError when the leg was closed meanwhile, BrokenResourceError).
+
+        The pumps use this instead of receive_some after a short read (one that did not fill
+        the buffer), where the next read would almost surely find nothing: receive_some
+        first tries a recv that fails with EAGAIN, raises, and only then waits."""
+        if self.fd != fd:
+            raise trio.ClosedResourceError("leg closed")
+        try:
+            return os.read(fd, RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError("receive failed") from exc
 
     def check(self) -> None:
         if self.in_closed and self.out_closed:
@@ -257,6 +312,7 @@ class _Splice:
         self.c_msg_size = 0
         self.c_saw_data = False
         self.last_client_data = trio.current_time()
+        self.timed = bool(policy.idle_timeout or policy.client_keepalive)  # _timers reads it
         self.up_wire_mid_msg = False  # upstream wire is inside a fragmented message
         # upstream -> client parse state
         self.d_rem = 0  # payload bytes still to stream for the current data frame
@@ -476,11 +532,14 @@ class _Splice:
                 consumed, up, down, action = self._client_frames(work)
                 if self.c_saw_data:
                     self.c_saw_data = False
-                    self.last_client_data = trio.current_time()
+                    if self.timed:
+                        self.last_client_data = trio.current_time()
                 if down:  # before forwarding: a pong must not trail the reply to later data
                     await self._send_control(c, down)
                 if up:
-                    await self._send_up(up)
+                    sent = self._send_up_nowait(up)
+                    if sent != len(up):
+                        await self._send_up(up, sent)
                 if action is not None:
                     await self._client_action(action)
                     return
@@ -491,7 +550,16 @@ class _Splice:
             if c.in_closed:
                 return
             try:
-                data = await stream.receive_some(RECV_SIZE)
+                fd = c.fd
+                if fd >= 0 and len(data) < RECV_SIZE:  # wait first, then read (see read_ready)
+                    while True:
+                        await _wait_readable(fd)
+                        got = c.read_ready(fd)
+                        if got is not None:
+                            break
+                    data = got
+                else:
+                    data = await stream.receive_some(RECV_SIZE)
             except _Broken:
                 data = b""
             if not data:
@@ -499,18 +567,33 @@ class _Splice:
                     self._client_dropped()
                 return
 
-    def _client_frames(self, work: bytes | bytearray) -> tuple[int, bytearray, bytearray | None, tuple | None]:
+    def _client_frames(self, work: bytes | bytearray) -> tuple[int, bytes | bytearray, bytearray | None, tuple | None]:
         """Parse the complete client frames in `work`: (bytes consumed, re-masked frames for
         the upstream, control frames for the client, action that stops the pump or None)."""
-        pos = 0
         end = len(work)
-        up = bytearray()
+        fast = parse_client_data_header(work, 0)
+        if fast is not None and fast[2] + fast[1] == end and fast[0] in _WHOLE_MESSAGE_B0:
+            # The usual realtime read: exactly one whole unfragmented message.
+            b0, ln, size, cmask = fast
+            if self.c_msg_op is None and ln <= self.policy.max_message_bytes:
+                key = self.keys.next32()
+                stats = self.stats
+                stats.frames_up += 1
+                stats.bytes_up += ln
+                self.c_saw_data = True
+                return end, build_masked_header(b0, ln, key) + xor_mask_at(work, size, end, cmask ^ key), None, None
+        pos = 0
+        up: bytes | bytearray = b""  # bytes for one frame (the usual case), bytearray for more
         down: bytearray | None = None
         keys = self.keys
         max_msg = self.policy.max_message_bytes
         stats = self.stats
-        with memoryview(work) as mv:
-            while True:
+        while pos < end:
+            fast = parse_client_data_header(work, pos)
+            if fast is not None:
+                b0, ln, size, cmask = fast
+                op = b0 & 0x0F
+            else:
                 h = parse_header(work, pos)
                 if h is None:
                     break
@@ -519,59 +602,90 @@ class _Splice:
                     return pos, up, down, ("protocol", err)
                 op = h.opcode
                 ln = h.length
-                start = pos + h.size
-                fend = start + ln
-                if op < 8:
-                    if op == OP_CONT:
-                        if self.c_msg_op is None:
-                            return pos, up, down, ("protocol", "continuation without start")
-                        total = self.c_msg_size + ln
-                    else:
-                        if self.c_msg_op is not None:
-                            return pos, up, down, ("protocol", "message inside fragmented message")
-                        total = ln
-                    if total > max_msg:
-                        return pos, up, down, ("limit", "message_too_large")
-                    if fend > end:
-                        break
-                    if h.fin:
-                        self.c_msg_op = None
-                        self.c_msg_size = 0
-                    else:
-                        if op != OP_CONT:
-                            self.c_msg_op = op
-                        self.c_msg_size = total
-                    key = keys.next()
-                    up += build_header(op, ln, fin=h.fin, mask=key)
-                    if ln:
-                        both = (int.from_bytes(h.mask, "little") ^ int.from_bytes(key, "little")).to_bytes(4, "little")
-                        up += xor_mask(mv[start:fend], both)
-                    stats.frames_up += 1
-                    stats.bytes_up += ln
-                    self.c_saw_data = True
-                    pos = fend
-                    continue
+                size = h.size
+                b0 = (0x80 | op) if h.fin else op  # no RSV bit: header_error checked
+                cmask = int.from_bytes(h.mask, "little")  # type: ignore[arg-type]
+            start = pos + size
+            fend = start + ln
+            if op < 8:
+                if op == OP_CONT:
+                    if self.c_msg_op is None:
+                        return pos, up, down, ("protocol", "continuation without start")
+                    total = self.c_msg_size + ln
+                else:
+                    if self.c_msg_op is not None:
+                        return pos, up, down, ("protocol", "message inside fragmented message")
+                    total = ln
+                if total > max_msg:
+                    return pos, up, down, ("limit", "message_too_large")
                 if fend > end:
                     break
-                payload = xor_mask(mv[start:fend], h.mask) if ln else b""
+                if b0 & 0x80:
+                    self.c_msg_op = None
+                    self.c_msg_size = 0
+                else:
+                    if op != OP_CONT:
+                        self.c_msg_op = op
+                    self.c_msg_size = total
+                # Re-mask with a fresh gateway key in one pass: the payload is masked with
+                # the client's key, so XOR with (client key ^ gateway key).
+                key = keys.next32()
+                frame = build_masked_header(b0, ln, key)
+                if ln:
+                    frame += xor_mask_at(work, start, fend, cmask ^ key)
+                if not up:
+                    up = frame
+                else:
+                    if type(up) is bytes:
+                        up = bytearray(up)
+                    up += frame  # type: ignore[operator]
+                stats.frames_up += 1
+                stats.bytes_up += ln
+                self.c_saw_data = True
                 pos = fend
-                if op == OP_PING:
-                    pong = build_frame(OP_PONG, payload)
-                    if down is None:
-                        down = bytearray()
-                    down += pong
-                    up += build_frame(OP_PING, payload, keys=keys)
-                elif op == OP_CLOSE:
-                    try:
-                        code, reason = parse_close_payload(payload)
-                        reason.decode()  # a close reason must be UTF-8 (RFC 6455 §5.5.1)
-                    except (CloseFrameError, UnicodeDecodeError):
-                        return pos, up, down, ("protocol", "invalid close frame")
-                    return pos, up, down, ("close", code, reason)
-                # OP_PONG: dropped (P16)
+                continue
+            if fend > end:
+                break
+            payload = xor_mask_at(work, start, fend, cmask)
+            pos = fend
+            if op == OP_PING:
+                pong = build_frame(OP_PONG, payload)
+                if down is None:
+                    down = bytearray()
+                down += pong
+                if type(up) is bytes:
+                    up = bytearray(up)
+                up += build_frame(OP_PING, payload, keys=keys)  # type: ignore[operator]
+            elif op == OP_CLOSE:
+                try:
+                    code, reason = parse_close_payload(payload)
+                    reason.decode()  # a close reason must be UTF-8 (RFC 6455 §5.5.1)
+                except (CloseFrameError, UnicodeDecodeError):
+                    return pos, up, down, ("protocol", "invalid close frame")
+                return pos, up, down, ("close", code, reason)
+            # OP_PONG: dropped (P16)
         return pos, up, down, None
 
-    async def _send_up(self, data: bytes | bytearray) -> None:
+    def _send_up_nowait(self, data: bytes | bytearray) -> int:
+        """The usual `_send_up` without a coroutine: upstream open, its lock free, a plain
+        socket. Returns the bytes written (all, or the caller finishes with
+        `await self._send_up(data, sent)`), -1 when nothing was tried."""
+        up = self.up
+        fd = up.fd
+        if fd < 0 or not self.up_open or up.out_closed or up.lock.held:
+            return -1
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._upstream_dropped()
+            return len(data)
+        self.up_wire_mid_msg = self.c_msg_op is not None
+        return sent
+
+    async def _send_up(self, data: bytes | bytearray, sent: int = -1) -> None:
+        """Frames to the upstream (`sent`: bytes of `data` _send_up_nowait already wrote)."""
         up = self.up
         if up.out_closed:
             return  # P11: client frames after the upstream closed are dropped
@@ -581,14 +695,21 @@ class _Splice:
             if self.pending_bytes >= self.policy.max_pending_bytes:
                 await self.up_ready.wait()  # backpressure: stop reading the client
             return
-        async with up.lock:
+        lock = up.lock
+        if lock.held:
+            await lock.acquire()
+        else:
+            lock.held = True  # uncontended: no await at all
+        try:
             if up.out_closed:
                 return
             try:
-                await up.send(data)
+                await up.send(data, sent)
             except _Broken:
                 self._upstream_dropped()
             self.up_wire_mid_msg = self.c_msg_op is not None
+        finally:
+            lock.release()
 
     async def _client_action(self, action: tuple) -> None:
         kind = action[0]
@@ -672,7 +793,10 @@ class _Splice:
                 if data:
                     out, ctrl, action = self._upstream_frames(data)
                     if out:
-                        await self._send_down(out)
+                        chunk = out[0] if len(out) == 1 else b"".join(out)
+                        sent = self._send_down_nowait(chunk)
+                        if sent != len(chunk):
+                            await self._send_down(chunk, sent)
                     if ctrl:
                         await self._send_control(up, ctrl)
                     if action is not None:
@@ -681,7 +805,16 @@ class _Splice:
                 if up.in_closed:
                     return
                 try:
-                    data = await stream.receive_some(RECV_SIZE)
+                    fd = up.fd
+                    if fd >= 0 and len(data) < RECV_SIZE:  # wait first, then read (see read_ready)
+                        while True:
+                            await _wait_readable(fd)
+                            got = up.read_ready(fd)
+                            if got is not None:
+                                break
+                        data = got
+                    else:
+                        data = await stream.receive_some(RECV_SIZE)
                 except _Broken:
                     data = b""
                 if not data:
@@ -706,6 +839,18 @@ class _Splice:
         if self.d_tail:
             data = self.d_tail + data
             self.d_tail = b""
+        elif not self.d_rem and self.d_msg_op is None:
+            fast = parse_server_data_header(data, 0)
+            if fast is not None and fast[2] + fast[1] == len(data) and fast[0] in _WHOLE_MESSAGE_B0:
+                # The usual realtime read: exactly one whole unfragmented message.
+                observer = self.observer
+                if observer is None or fast[0] == 0x82:
+                    if observer is not None:
+                        observer.observe_binary()
+                    stats = self.stats
+                    stats.frames_down += 1
+                    stats.bytes_down += fast[1]
+                    return [data], None, None
         mv = memoryview(data)
         n = len(data)
         pos = 0
@@ -736,12 +881,21 @@ class _Splice:
                     if obs is not None:
                         run, obs = self._observe(out, mv, run, pos, obs)
                 continue
-            h = parse_header(data, pos)
-            if h is None:
-                self.d_tail = bytes(mv[pos:])
-                break
-            err = header_error(h, masked=False)
-            op = h.opcode
+            fast = parse_server_data_header(data, pos)
+            if fast is not None:
+                b0, ln, size = fast
+                op = b0 & 0x0F
+                err = None
+            else:
+                h = parse_header(data, pos)
+                if h is None:
+                    self.d_tail = bytes(mv[pos:])
+                    break
+                err = header_error(h, masked=False)
+                op = h.opcode
+                ln = h.length
+                size = h.size
+                b0 = 0x80 if h.fin else 0
             if err is None and op < 8:
                 if op == OP_CONT:
                     if self.d_msg_op is None:
@@ -753,14 +907,14 @@ class _Splice:
                     out.append(mv[run:pos])
                 return out, ctrl, ("protocol", err)
             if op >= 8:
-                fend = pos + h.size + h.length
+                fend = pos + size + ln
                 if fend > n:
                     self.d_tail = bytes(mv[pos:])
                     break
                 if run >= 0:
                     out.append(mv[run:pos])
                     run = -1
-                payload = bytes(mv[pos + h.size : fend])
+                payload = bytes(mv[pos + size : fend])
                 pos = fend
                 if op == OP_PING:
                     pong = build_frame(OP_PONG, payload, keys=self.keys)
@@ -781,18 +935,19 @@ class _Splice:
             if self.d_msg_op == OP_BINARY and observer is not None:
                 observer.observe_binary()
             stats.frames_down += 1
-            stats.bytes_down += h.length
+            stats.bytes_down += ln
             if run < 0:
                 run = pos
-            pos += h.size
-            self.d_fin = h.fin
-            self.d_rem = h.length
-            if h.length == 0 and h.fin:
+            pos += size
+            fin = b0 & 0x80
+            self.d_fin = fin
+            self.d_rem = ln
+            if ln == 0 and fin:
                 self.d_msg_op = None
                 if obs is not None:
                     run, obs = self._observe(out, mv, run, pos, obs)
         if run >= 0 and pos > run:
-            out.append(mv[run:pos])
+            out.append(data if run == 0 and pos == n else mv[run:pos])
         return out, ctrl, None
 
     def _observe(self, out: list, mv: memoryview, run: int, pos: int, obs: bytearray) -> tuple[int, None]:
@@ -808,21 +963,44 @@ class _Splice:
             return -1, None
         return run, None
 
-    async def _send_down(self, out: list) -> None:
+    def _send_down_nowait(self, data: bytes | memoryview) -> int:
+        """The usual `_send_down` without a coroutine: whole frames only (no frame left
+        incomplete, so the client lock is not kept), the lock free, a plain socket. Returns
+        the bytes written (all, or the caller finishes with `await self._send_down(data,
+        sent)`), -1 when nothing was tried."""
+        c = self.c
+        fd = c.fd
+        if fd < 0 or self.d_rem or self.d_lock_held or c.lock.held or c.out_closed:
+            return -1
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._client_dropped()
+            return len(data)
+        self.down_wire_mid_msg = self.d_msg_op is not None
+        return sent
+
+    async def _send_down(self, data: bytes | memoryview, sent: int = -1) -> None:
+        """Upstream bytes to the client (`sent`: bytes of `data` _send_down_nowait already
+        wrote). Keeps the client lock while a forwarded frame is incomplete."""
         c = self.c
         if not self.d_lock_held:
             if c.out_closed:
                 return  # the client leg is closing: upstream frames are dropped
-            await c.lock.acquire()
+            if c.lock.held:
+                await c.lock.acquire()
+            else:
+                c.lock.held = True  # uncontended: no await at all
             self.d_lock_held = True
         if c.out_closed:
             self.d_lock_held = False
             c.lock.release()
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
         self.d_sending = True
         try:
-            await c.send(data)
+            await c.send(data, sent)
         except _Broken:
             self.d_sending = False
             self._release_client_lock()
