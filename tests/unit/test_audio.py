@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from voxgate.workers.openai import audio
 from voxgate.workers.openai.audio import (
     SUPPORTED_LINEAR16_RATES,
     StreamResampler,
@@ -24,6 +27,36 @@ def pcm(samples: list[int] | np.ndarray) -> bytes:
 
 def samples_of(data: bytes) -> list[int]:
     return np.frombuffer(data, dtype="<i2").tolist()
+
+
+class ReferenceResampler:
+    """The first StreamResampler, kept as the oracle of the table-driven one: every output
+    position computed from scratch in int64, then clipped. Slow and obviously right."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        g = math.gcd(in_rate, out_rate)
+        self.den, self.step = out_rate // g, in_rate // g
+        self.buf = np.zeros(0, dtype=np.int64)
+        self.pos = 0
+
+    def push(self, data: bytes) -> bytes:
+        buf = np.concatenate((self.buf, np.frombuffer(data, dtype="<i2").astype(np.int64)))
+        length, den, step = len(buf), self.den, self.step
+        limit = (length - 1) * den
+        count = 0 if length == 0 or self.pos > limit else (limit - self.pos) // step + 1
+        out = b""
+        if count:
+            pos = self.pos + np.arange(count, dtype=np.int64) * step
+            i0 = pos // den
+            frac = pos - i0 * den
+            i1 = np.minimum(i0 + 1, length - 1)
+            num = buf[i0] * (den - frac) + buf[i1] * frac
+            out = np.clip((2 * num + den) // (2 * den), -32768, 32767).astype("<i2").tobytes()
+        new_pos = self.pos + count * step
+        drop = min(new_pos // den, length)
+        self.buf = buf[drop:].copy()
+        self.pos = new_pos - drop * den
+        return out
 
 
 def test_empty_input_gives_empty_output():
@@ -152,3 +185,62 @@ def test_pcm_helpers():
 def test_invalid_rates_rejected():
     with pytest.raises(ValueError):
         StreamResampler(0, 24000)
+
+
+ANY_RATE = st.sampled_from(sorted(SUPPORTED_LINEAR16_RATES | {11025, 22050, 96000, 44101}))  # 44101: int64 path
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.lists(st.integers(-32768, 32767), min_size=0, max_size=1500),
+    sizes=st.lists(st.integers(0, 700), min_size=1, max_size=12),
+    in_rate=ANY_RATE,
+    out_rate=ANY_RATE,
+    extremes=st.booleans(),
+)
+def test_fast_path_equals_reference_for_random_chunkings(data, sizes, in_rate, out_rate, extremes):
+    # table cache, carried sample and work buffer must never change a single output byte
+    if extremes:
+        data = [32767 if v >= 0 else -32768 for v in data]
+    fast, ref = StreamResampler(in_rate, out_rate), ReferenceResampler(in_rate, out_rate)
+    at, i = 0, 0
+    while at < len(data):
+        chunk = pcm(data[at : at + sizes[i % len(sizes)]])
+        at += sizes[i % len(sizes)]
+        i += 1
+        assert fast.output_size(len(chunk)) == len(ref_out := ref.push(chunk))
+        assert fast.push(chunk) == ref_out
+        if i > 200:
+            break
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(16000, 24000), (24000, 16000), (44100, 24000)])
+def test_recurring_frames_equal_reference(in_rate, out_rate):
+    # the production shape: 20 ms frames, one after another, cached tables reused every frame
+    rng = np.random.default_rng(7)
+    fast, ref = StreamResampler(in_rate, out_rate), ReferenceResampler(in_rate, out_rate)
+    for _ in range(60):
+        frame = pcm(rng.integers(-32768, 32768, in_rate // 50))
+        assert fast.push(frame) == ref.push(frame)
+
+
+@pytest.mark.parametrize("budget", [4 << 20, 1 << 10])  # cached, or too big to cache
+def test_push_larger_than_the_work_buffer(budget, monkeypatch):
+    monkeypatch.setattr(audio, "_TABLE_BUDGET", budget)
+    rng = np.random.default_rng(3)
+    data = pcm(rng.integers(-32768, 32768, audio.StreamResampler._WORK_SAMPLES + 5))
+    fast, ref = StreamResampler(16000, 24000), ReferenceResampler(16000, 24000)
+    for chunk in (data[:6], data[6:], pcm([9, 9]), data[6:]):
+        assert fast.push(chunk) == ref.push(chunk)
+
+
+def test_table_cache_stays_within_its_budget_without_changing_output(monkeypatch):
+    monkeypatch.setattr(audio, "_TABLE_BUDGET", 64 << 10)
+    monkeypatch.setattr(audio, "_tables", {})  # start empty, whatever ran before
+    monkeypatch.setattr(audio, "_table_bytes", 0)
+    fast, ref = StreamResampler(24000, 16000), ReferenceResampler(24000, 16000)
+    for size in range(1, 400, 3):  # many distinct chunk sizes: entries come and go
+        chunk = pcm([(size * 37 + k * 101) % 65536 - 32768 for k in range(size)])
+        assert fast.push(chunk) == ref.push(chunk)
+        assert audio._table_bytes == sum(t.nbytes for v in audio._tables.values() for t in v)
+        assert audio._table_bytes <= 64 << 10

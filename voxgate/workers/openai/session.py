@@ -1,8 +1,19 @@
 """The I/O around the translator core: two trio-websocket legs, timers, gateway limits.
 
 The core (`translator.Translator`) decides everything; this module only feeds it events in
-arrival order and performs the actions it returns. One lock serializes core calls and their
-actions, so frames leave in exactly the order the core produced them.
+arrival order and performs the actions it returns. One turn (a lock) per session serializes core
+calls and their actions, so frames leave in exactly the order the core produced them.
+
+trio-websocket (with wsproto) stays the message engine of both legs; the hot path around it is
+kept lean, because per audio frame it runs twice (frame in, reply out):
+- each leg's reader task feeds a complete message to the core itself (`_Leg`) instead of
+  queueing it for a session task: no memory-channel hand-off, no second task to wake;
+- the turn and the library's send lock are taken without a scheduler round trip when free;
+- plain TCP legs use `_DirectStream`: one write per message, no failed read per message.
+Messages the session must handle outside the reader (an over-size client message, anything that
+arrives before the session is ready for inline delivery) still go through the library's queue,
+and inline delivery resumes only once that queue is drained, so arrival order holds. A reader
+never blocks on the turn once the session is closing: the close handshakes need it reading.
 
 trio-websocket runs its reader tasks in the nursery we give it; a fault inside the library
 (e.g. a ping racing a close) therefore ends this session only, never the worker.
@@ -10,20 +21,23 @@ trio-websocket runs its reader tasks in the nursery we give it; a fault inside t
 
 from __future__ import annotations
 
+import errno
+import os
+import ssl
 import uuid
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Awaitable, Callable
+from functools import cache, partial
 from typing import Any
-from urllib.parse import urlencode
 
 import trio
 import trio_websocket as tws
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, TextMessage
 
 from voxgate.workers.deepgram.service import choose_subprotocol
 from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.handshake import upstream_target
 from voxgate.workers.openai import realtime
 from voxgate.workers.openai.translator import (
     Action,
@@ -45,6 +59,108 @@ UPSTREAM_ERRORS = (
     trio.BrokenResourceError, trio.ClosedResourceError,
 )
 CLOSE_WAIT = 2.0
+RECEIVE_BUFFER = 64 << 10
+"""Bytes per socket read on both legs (trio-websocket's default is 4 KiB): a backlog of frames is
+parsed after one read and one checkpoint instead of one per 4 KiB."""
+MESSAGE_QUEUE = 4
+"""trio-websocket's queue per leg; used only by messages that are not delivered inline."""
+
+
+class _Turn:
+    """FIFO mutual exclusion for one session's tasks. Unlike `trio.Lock`, taking a free turn is
+    no checkpoint (no scheduler round trip); a waiter is handed the turn by `release`, so no
+    later arrival can overtake it."""
+
+    __slots__ = ("busy", "_lot")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        if self.busy:
+            await self._lot.park()  # returns owning the turn
+        else:
+            self.busy = True
+
+    def release(self) -> None:
+        if self._lot:
+            self._lot.unpark()  # busy stays True: handed over
+        else:
+            self.busy = False
+
+
+class _DirectStream(trio.abc.HalfCloseableStream):
+    """A `trio.SocketStream` with leaner I/O for the hot path, under trio-websocket (which still
+    does all WebSocket work).
+
+    - `receive_some` waits for readability first, then reads once: one checkpoint per read as
+      before, but no failed read (EAGAIN, an exception) each time the peer has nothing more.
+    - `send_all` writes at once and only waits when the socket buffer is full: no scheduler
+      round trip per message. Callers checkpoint elsewhere (every reader loop waits to read).
+    Errors map as in trio: a closed socket is `ClosedResourceError`, any other OS error
+    `BrokenResourceError`. Optionally replays `prefix` first (the supervisor's pre-read bytes).
+    """
+
+    def __init__(self, inner: trio.SocketStream, prefix: bytes = b"") -> None:
+        self.inner = inner
+        self.socket = inner.socket  # trio-websocket reads endpoints from it
+        self._prefix = memoryview(prefix) if prefix else None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix is not None:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, rest = self._prefix[:size], self._prefix[size:]
+            self._prefix = rest if len(rest) else None
+            await trio.lowlevel.checkpoint()
+            return bytes(chunk)
+        sock = self.socket
+        while True:
+            if sock.fileno() < 0:
+                raise trio.ClosedResourceError("socket was already closed")
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return os.read(sock.fileno(), max_bytes or RECEIVE_BUFFER)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self.socket
+        if sock.did_shutdown_SHUT_WR:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        view = memoryview(data)
+        total = len(view)
+        sent = 0
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("socket was already closed")
+            try:
+                sent += os.write(fd, view[sent:] if sent else view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+            if sent >= total:
+                return
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("socket was already closed")
+    return trio.BrokenResourceError(f"socket error: {exc.strerror or exc}")
 
 
 class _TooLarge(str):
@@ -54,11 +170,66 @@ class _TooLarge(str):
 TOO_LARGE = _TooLarge()
 
 
-class _ClientConnection(tws.WebSocketConnection):
+class _Leg(tws.WebSocketConnection):
+    """A trio-websocket connection that can hand each complete message to the session from its
+    reader task (`deliver`), and sends without a checkpoint when its send lock is free.
+
+    While `deliver` is None, or messages it queued earlier are not yet fed (`queued`), messages
+    go through the library queue as usual, which keeps arrival order across the switch. The
+    session decrements `queued` after feeding each message it took from the queue."""
+
+    deliver: Callable[[str | bytes], Awaitable[None]] | None = None
+    queued = 0
+
+    async def _handle_message_event(self, event: Any) -> None:
+        if not event.message_finished or self._message_size + len(event.data) > self._max_message_size:
+            await super()._handle_message_event(event)  # one more part, or the library's 1009
+            return
+        parts = self._message_parts
+        if parts:
+            parts.append(event.data)
+            message: str | bytes = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)
+            self._message_parts = []
+            self._message_size = 0
+        else:
+            message = event.data if isinstance(event.data, str | bytes) else bytes(event.data)
+        if self.deliver is not None and not self.queued:
+            try:
+                await self.deliver(message)
+            except KeyError as exc:  # the library's reader would log it as an unknown event
+                raise RuntimeError("translator session failed on a message") from exc
+        else:
+            await self._enqueue(message)
+
+    async def _enqueue(self, message: str | bytes) -> None:
+        self.queued += 1
+        try:
+            await self._send_channel.send(message)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the session stopped reading this leg
+
+    async def _send(self, event: Any) -> None:
+        lock = self._stream_lock
+        if lock.locked():
+            await super()._send(event)
+            return
+        data = self._wsproto.send(event)
+        lock.acquire_nowait()
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._abort_web_socket()
+            raise tws.ConnectionClosed(self._close_reason) from None
+        finally:
+            lock.release()
+
+
+class _ClientConnection(_Leg):
     """The client leg. trio-websocket answers an over-size message with a bare 1009 from its
     reader task, but the translator must send an `Error` first (D35). This connection drops
-    such a message's data as it arrives and hands the session `TOO_LARGE` instead, so memory
-    stays bounded by the limit and the session closes the leg itself."""
+    such a message's data as it arrives and hands the session `TOO_LARGE` instead (always through
+    the queue: the session closes this leg, which needs this reader), so memory stays bounded by
+    the limit and the session closes the leg itself."""
 
     _dropping = False
 
@@ -71,10 +242,7 @@ class _ClientConnection(tws.WebSocketConnection):
         first = not self._dropping
         self._dropping = not event.message_finished
         if first:
-            try:
-                await self._send_channel.send(TOO_LARGE)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
+            await self._enqueue(TOO_LARGE)
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         # wsproto reports a frame it rejects (protocol error 1002, invalid UTF-8 1007) as a
@@ -92,10 +260,43 @@ class _ClientConnection(tws.WebSocketConnection):
 async def _wrap_client_stream(nursery: trio.Nursery, stream: trio.abc.Stream, limit: int) -> tws.WebSocketRequest:
     """`trio_websocket.wrap_server_stream` with the connection class above."""
     connection = _ClientConnection(
-        stream, WSConnection(ConnectionType.SERVER), message_queue_size=4, max_message_size=limit
+        stream, WSConnection(ConnectionType.SERVER), message_queue_size=MESSAGE_QUEUE,
+        max_message_size=limit, receive_buffer_size=RECEIVE_BUFFER,
     )
     nursery.start_soon(connection._reader_task)  # noqa: SLF001 - as wrap_server_stream does
     return await connection._get_request()  # noqa: SLF001
+
+
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """One default client context per process (building one loads the CA store)."""
+    return ssl.create_default_context()
+
+
+async def _connect_upstream_leg(
+    nursery: trio.Nursery, base: str, query: list[tuple[str, str]], headers: list[tuple[bytes, bytes]]
+) -> _Leg:
+    """`trio_websocket.connect_websocket_url` with the `_Leg` connection class: open TCP (TLS
+    for wss), start the reader in `nursery`, wait for the handshake. A rejected handshake is
+    raised by the reader task into `nursery`, as with the library function."""
+    host, host_header, port, tls, target = upstream_target(base, query)
+    stream: trio.abc.Stream = _DirectStream(await trio.open_tcp_stream(host, port))
+    if tls:  # as trio.open_ssl_over_tcp_stream, over the lean transport
+        stream = trio.SSLStream(stream, _tls_context(), server_hostname=host, https_compatible=True)
+    try:
+        connection = _Leg(
+            stream, WSConnection(ConnectionType.CLIENT), host=host_header, path=target,
+            client_extra_headers=headers, message_queue_size=MESSAGE_QUEUE,
+            max_message_size=UPSTREAM_MAX_MESSAGE, receive_buffer_size=RECEIVE_BUFFER,
+        )
+        nursery.start_soon(connection._reader_task)  # noqa: SLF001 - as connect_websocket does
+        await connection._open_handshake.wait()  # noqa: SLF001
+    except BaseException:
+        # An abandoned connect (client gone, timeout) closes its socket now, not whenever the
+        # garbage collector gets to the cancelled frames that still reference it.
+        await trio.aclose_forcefully(stream)
+        raise
+    return connection
 
 
 class TranslatorSession:
@@ -112,11 +313,13 @@ class TranslatorSession:
             max_pending_bytes=config.max_message_bytes * 4,
         )
         self.max_pending = config.max_message_bytes * 4
-        self.lock = trio.Lock()
-        self.client: tws.WebSocketConnection | None = None
-        self.upstream: tws.WebSocketConnection | None = None
+        self.turn = _Turn()
+        self.inline_waits: set[trio.CancelScope] = set()  # reader tasks waiting for the turn
+        self.client: _ClientConnection | None = None
+        self.upstream: _Leg | None = None
         self.upstream_ready = trio.Event()
-        self.progress = trio.Event()  # set after every upstream event: pending may have drained
+        self.progress = trio.Event()  # set after upstream events: pending may have drained
+        self.progress_waiters = 0
         self.timers: dict[str, trio.CancelScope] = {}
         self.last_client_activity = trio.current_time()
         self.client_closed = False
@@ -127,17 +330,74 @@ class TranslatorSession:
 
     # -- running the core ---------------------------------------------------------------
 
-    async def feed(self, call: Callable[[], list[Action]]) -> None:
-        """Run one core input and perform its actions, in order, under the lock."""
-        async with self.lock:
-            actions = call()
-            for action in actions:
-                await self.perform(action)
-            if self.core.closed:
-                self.done.set()
+    async def feed(self, call: Callable[..., list[Action]], *args: Any) -> None:
+        """Run one core input and perform its actions, in order, holding the turn."""
+        turn = self.turn
+        await turn.acquire()
+        try:
+            await self._run_core(call, args)
+        finally:
+            turn.release()
+
+    async def feed_inline(self, call: Callable[..., list[Action]], arg: Any) -> None:
+        """`feed` for a leg's reader task. A session that is closing needs the readers free to
+        see the peers' close frames, so a reader never waits for the turn once the core is
+        closed, and a reader already waiting is released (`_release_readers`)."""
+        core = self.core
+        if core.closed:
+            return  # the core would return no actions; whoever closed it sets `done`
+        turn = self.turn
+        if turn.busy:
+            with trio.CancelScope() as scope:
+                self.inline_waits.add(scope)
+                try:
+                    await turn.acquire()
+                finally:
+                    self.inline_waits.discard(scope)
+            if scope.cancelled_caught:
+                return
+        else:
+            turn.busy = True
+        try:
+            await self._run_core(call, (arg,))
+        finally:
+            turn.release()
+
+    async def _run_core(self, call: Callable[..., list[Action]], args: tuple[Any, ...]) -> None:
+        core = self.core
+        actions = call(*args)
+        if core.closed:
+            self._release_readers()
+        for action in actions:
+            await self.perform(action)
+        if core.closed:
+            self.done.set()
+
+    def _release_readers(self) -> None:
+        """The core closed: reader tasks waiting for the turn or for upstream progress go back
+        to reading, so the close handshakes this turn performs can complete."""
+        for scope in self.inline_waits:
+            scope.cancel()
+        self._progressed()
+
+    def _progressed(self) -> None:
+        if self.progress_waiters:
+            self.progress.set()
+            self.progress = trio.Event()
+
+    async def _client_backpressure(self) -> None:
+        """D30: hold client messages while too much waits for the upstream to open/be ready."""
+        core = self.core
+        while core.pending_bytes > self.max_pending and not core.ready and not core.closed:
+            self.progress_waiters += 1
+            try:
+                await self.progress.wait()
+            finally:
+                self.progress_waiters -= 1
 
     async def perform(self, action: Action) -> None:
-        if isinstance(action, SendClient):
+        kind = type(action)
+        if kind is SendClient:
             if self.client is not None and not self.client_closed:
                 try:
                     await self.client.send_message(action.data)
@@ -145,7 +405,7 @@ class TranslatorSession:
                     self.stats["bytes_down"] += len(action.data)
                 except tws.ConnectionClosed:
                     self.client_closed = True
-        elif isinstance(action, SendUpstream):
+        elif kind is SendUpstream:
             if self.upstream is not None and not self.upstream_closed:
                 try:
                     await self.upstream.send_message(action.data)
@@ -153,21 +413,21 @@ class TranslatorSession:
                     self.stats["bytes_up"] += len(action.data)
                 except tws.ConnectionClosed:
                     self.upstream_closed = True
-        elif isinstance(action, ArmTimer):
+        elif kind is ArmTimer:
             self._arm(action.name, action.seconds)
-        elif isinstance(action, CancelTimer):
+        elif kind is CancelTimer:
             scope = self.timers.pop(action.name, None)
             if scope is not None:
                 scope.cancel()
-        elif isinstance(action, CloseClient):
+        elif kind is CloseClient:
             self.session.summary["sent_client_code"] = action.code
             self.session.counters.closes[f"client|{action.code}"] += 1
             await self._close(self.client, action.code, action.reason)
             self.client_closed = True
-        elif isinstance(action, CloseUpstream):
+        elif kind is CloseUpstream:
             await self._close(self.upstream, action.code, action.reason)
             self.upstream_closed = True
-        elif isinstance(action, Log):
+        elif kind is Log:
             self.session.log.event(action.level, action.message, **action.fields)
 
     async def _close(self, ws: tws.WebSocketConnection | None, code: int, reason: str) -> None:
@@ -192,31 +452,41 @@ class TranslatorSession:
             await trio.sleep(seconds)
             if self.timers.get(name) is scope:
                 del self.timers[name]
-                await self.feed(partial(self.core.timer_expired, name))
+                await self.feed(self.core.timer_expired, name)
 
     # -- the legs -----------------------------------------------------------------------
 
     async def run(self) -> None:
         session = self.session
         config = session.config
-        stream = PrefixedStream(session.stream, session.preread)
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            request = await _wrap_client_stream(nursery, stream, config.max_message_bytes)
-            self.client = await request.accept(subprotocol=choose_subprotocol(list(request.proposed_subprotocols)))
-            session.log.info("session accepted", route=session.route, peer=session.peer)
-            await self.feed(self.core.start)
-            nursery.start_soon(self._connect_upstream)
-            nursery.start_soon(self._read_client)
-            nursery.start_soon(self._limits)
-            await self.done.wait()
-            nursery.cancel_scope.cancel()
+        stream: trio.abc.Stream
+        if isinstance(session.stream, trio.SocketStream):
+            stream = _DirectStream(session.stream, session.preread)
+        else:
+            stream = PrefixedStream(session.stream, session.preread)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                request = await _wrap_client_stream(nursery, stream, config.max_message_bytes)
+                self.client = await request.accept(
+                    subprotocol=choose_subprotocol(list(request.proposed_subprotocols))
+                )
+                session.log.info("session accepted", route=session.route, peer=session.peer)
+                await self.feed(self.core.start)
+                self.client.deliver = self._client_inline  # frames before Welcome: queued
+                nursery.start_soon(self._connect_upstream)
+                nursery.start_soon(self._read_client)
+                nursery.start_soon(self._limits)
+                await self.done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.upstream is not None:  # closed by now on normal paths; this makes it certain
+                await trio.aclose_forcefully(self.upstream._stream)  # noqa: SLF001
 
     async def _connect_upstream(self) -> None:
         config = self.session.config
         base, model = realtime.base_and_model(config)
         query = realtime.upstream_query([], model)
-        url = base + "?" + urlencode(query)
         headers = [(b"Authorization", f"Bearer {config.openai_key}".encode()), (b"User-Agent", b"voxgate")]
         started = trio.current_time()
         failure: BaseException | None = None
@@ -225,11 +495,9 @@ class TranslatorSession:
             # rejected handshake (HTTP 401 with a body, ...) from that task, not from connect.
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(config.connect_timeout):
-                    self.upstream = await tws.connect_websocket_url(
-                        nursery, url, extra_headers=headers, message_queue_size=4,
-                        max_message_size=UPSTREAM_MAX_MESSAGE,
-                    )
+                    self.upstream = await _connect_upstream_leg(nursery, base, query, headers)
                 await self._upstream_opened(trio.current_time() - started)
+                self.upstream.deliver = self._upstream_inline
                 await self._read_upstream()
                 nursery.cancel_scope.cancel()
         except* UPSTREAM_ERRORS as group:
@@ -239,7 +507,7 @@ class TranslatorSession:
         self.upstream_closed = True
         if self.upstream_ready.is_set():  # a library fault after the upstream opened
             self.session.log.warning("upstream failed", kind="protocol", error=type(failure).__name__)
-            await self.feed(partial(self.core.upstream_closed, 1006, ""))
+            await self.feed(self.core.upstream_closed, 1006, "")
         else:
             err = _classify(failure)
             self.session.counters.upstream_failures[err.kind] += 1
@@ -253,47 +521,64 @@ class TranslatorSession:
         self.session.log.info("upstream connected", latency_ms=round(latency * 1000, 1))
         await self.feed(self.core.upstream_open)
         self.upstream_ready.set()
-        self.progress.set()
-        self.progress = trio.Event()
+        self._progressed()
+
+    async def _client_inline(self, message: str | bytes) -> None:
+        """A client message, in the client reader task (never `TOO_LARGE`: that is queued)."""
+        await self._client_backpressure()
+        self.last_client_activity = trio.current_time()
+        await self.feed_inline(self.core.client_message, message)
+
+    async def _upstream_inline(self, message: str | bytes) -> None:
+        """An upstream message, in the upstream reader task."""
+        await self.feed_inline(self.core.upstream_message, message)
+        self._progressed()
 
     async def _read_client(self) -> None:
-        assert self.client is not None
+        """Queued client messages, then the client leg's close."""
+        client = self.client
+        assert client is not None
         limit = self.session.config.max_message_bytes
         while True:
-            while self.core.pending_bytes > self.max_pending and not self.core.ready and not self.core.closed:
-                # D30 backpressure: stop reading the client until the upstream catches up
-                await self.progress.wait()
+            await self._client_backpressure()
             try:
-                message = await self.client.get_message()
+                message = await client.get_message()
             except tws.ConnectionClosed as exc:
                 code, text = _close_info(exc)
                 self.client_closed = True
                 self.session.summary["client_code"] = code
-                await self.feed(partial(self.core.client_closed, code, text))
+                await self.feed(self.core.client_closed, code, text)
                 self.done.set()
                 return
-            self.last_client_activity = trio.current_time()
-            if message is TOO_LARGE or len(message) > limit:
-                await self.feed(partial(self.core.gateway_limit, "message_too_large"))
-                self.done.set()
-                return
-            await self.feed(partial(self.core.client_message, message))
+            try:
+                self.last_client_activity = trio.current_time()
+                if message is TOO_LARGE or len(message) > limit:
+                    await self.feed(self.core.gateway_limit, "message_too_large")
+                    self.done.set()
+                    return
+                await self.feed(self.core.client_message, message)
+            finally:
+                client.queued -= 1
 
     async def _read_upstream(self) -> None:
-        assert self.upstream is not None
+        """Queued upstream messages, then the upstream leg's close."""
+        upstream = self.upstream
+        assert upstream is not None
         while True:
             try:
-                message = await self.upstream.get_message()
+                message = await upstream.get_message()
             except tws.ConnectionClosed as exc:
                 code, text = _close_info(exc)
                 self.upstream_closed = True
                 self.session.summary["upstream_code"] = code
-                await self.feed(partial(self.core.upstream_closed, code, text))
+                await self.feed(self.core.upstream_closed, code, text)
                 self.done.set()
                 return
-            await self.feed(partial(self.core.upstream_message, message))
-            self.progress.set()
-            self.progress = trio.Event()
+            try:
+                await self.feed(self.core.upstream_message, message)
+            finally:
+                upstream.queued -= 1
+            self._progressed()
 
     async def _limits(self) -> None:
         """Idle timeout, max duration and drain, each ending with the core's Error + close."""
@@ -320,7 +605,7 @@ class TranslatorSession:
                 code = next((c for d, c in deadlines() if d <= now), None)
             if code is not None:
                 self.session.log.info("gateway limit", limit=code)
-                await self.feed(partial(self.core.gateway_limit, code))
+                await self.feed(self.core.gateway_limit, code)
                 self.done.set()
                 return
 

@@ -12,7 +12,6 @@ binary frames sent to the client are decoded `response.output_audio.delta` paylo
 
 from __future__ import annotations
 
-import base64
 import binascii
 import uuid
 from collections import OrderedDict, deque
@@ -198,8 +197,10 @@ def _conversation_text(role: str, content: str) -> str:
 
 
 def _append_event(pcm: bytes) -> str:
-    # base64 needs no JSON escaping, so the frame is assembled without a dict round trip.
-    return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(pcm).decode() + '"}'
+    # base64 needs no JSON escaping, so the frame is assembled without a dict round trip;
+    # binascii directly: base64.b64encode is a Python wrapper around the same call.
+    audio = binascii.b2a_base64(pcm, newline=False).decode("ascii")
+    return '{"type":"input_audio_buffer.append","audio":"' + audio + '"}'
 
 
 def _utf8_len(text: str) -> int:
@@ -1162,7 +1163,9 @@ class Translator:
         if not isinstance(delta, str) or not delta:
             return
         try:
-            pcm = base64.b64decode(delta)
+            # = base64.b64decode(delta) without its wrapper: the same non-strict decoding, and a
+            # non-ASCII str raises ValueError there as here.
+            pcm = binascii.a2b_base64(delta)
         except (binascii.Error, ValueError):
             self._log("warning", "upstream audio delta is not base64", length=len(delta))
             return
@@ -1172,10 +1175,12 @@ class Translator:
         st.audio_seen = True
         self._agent_started(st)
         if self._out_resampler is not None:
-            data = self._out_carry + pcm
-            cut = len(data) & ~1
-            self._out_carry = data[cut:]
-            pcm = self._out_resampler.push(data[:cut])
+            if self._out_carry or len(pcm) & 1:
+                data = self._out_carry + pcm
+                cut = len(data) & ~1
+                self._out_carry = data[cut:]
+                pcm = data[:cut]
+            pcm = self._out_resampler.push(pcm)
         if pcm:
             self._to_client(pcm)
 
