@@ -666,6 +666,17 @@ class _Splice:
             # OP_PONG: dropped (P16)
         return pos, up, down, None
 
+    @staticmethod
+    def _write_now(fd: int, data: bytes | bytearray | memoryview) -> int | None:
+        """One non-blocking write: bytes written, 0 when the socket buffer is full, None
+        when the peer is gone."""
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return None
+
     def _send_up_nowait(self, data: bytes | bytearray) -> int:
         """The usual `_send_up` without a coroutine: upstream open, its lock free, a plain
         socket. Returns the bytes written (all, or the caller finishes with
@@ -674,11 +685,8 @@ class _Splice:
         fd = up.fd
         if fd < 0 or not self.up_open or up.out_closed or up.lock.held:
             return -1
-        try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError:
+        sent = self._write_now(fd, data)
+        if sent is None:
             self._upstream_dropped()
             return len(data)
         self.up_wire_mid_msg = self.c_msg_op is not None
@@ -972,11 +980,8 @@ class _Splice:
         fd = c.fd
         if fd < 0 or self.d_rem or self.d_lock_held or c.lock.held or c.out_closed:
             return -1
-        try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError:
+        sent = self._write_now(fd, data)
+        if sent is None:
             self._client_dropped()
             return len(data)
         self.down_wire_mid_msg = self.d_msg_op is not None
