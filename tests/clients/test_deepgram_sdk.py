@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support.deepgram_helpers import KEY, SETTINGS, TcpTap, key_leaks
+from tests.support import deepgram_sdk
+from tests.support.deepgram_helpers import KEY, TcpTap, key_leaks
 from tests.support.gateway import Gateway, base_env
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import DeepgramSimulator
@@ -45,49 +46,11 @@ async def tap(nursery, gateway) -> TcpTap:
 
 
 def sdk_client(port: int) -> Any:
-    from deepgram import DeepgramClient, DeepgramClientEnvironment
-
-    base = f"127.0.0.1:{port}"
-    environment = DeepgramClientEnvironment(
-        base=f"http://{base}",
-        production=f"ws://{base}/deepgram-proxy",
-        agent=f"ws://{base}/deepgram-proxy",
-        agent_rest=f"http://{base}",
-    )
-    return DeepgramClient(api_key=SDK_KEY, environment=environment)
+    return deepgram_sdk.sdk_client(port, SDK_KEY, path="/deepgram-proxy")
 
 
 def agent_exchange(port: int) -> list[Any]:
-    from deepgram.agent.v1.types import (
-        AgentV1InjectUserMessage,
-        AgentV1Settings,
-        AgentV1SettingsAudio,
-        AgentV1SettingsAudioInput,
-    )
-
-    seen: list[Any] = []
-    with sdk_client(port).agent.v1.connect() as agent:
-        agent.send_settings(
-            AgentV1Settings(
-                audio=AgentV1SettingsAudio(
-                    input=AgentV1SettingsAudioInput(encoding="linear16", sample_rate=16000)
-                ),
-                agent=SETTINGS["agent"],
-            )
-        )
-        for _ in range(20):
-            seen.append(agent.recv())
-            if getattr(seen[-1], "type", None) == "SettingsApplied":
-                break
-        agent.send_inject_user_message(AgentV1InjectUserMessage(content="hi through voxgate"))
-        for _ in range(50):
-            seen.append(agent.recv())
-            if (
-                getattr(seen[-1], "type", None) == "ConversationText"
-                and seen[-1].role == "assistant"
-            ):
-                break
-    return seen
+    return deepgram_sdk.agent_exchange(sdk_client(port), "hi through voxgate")
 
 
 def listen_exchange(port: int) -> list[Any]:

@@ -18,23 +18,11 @@ from deepgram.agent.v1.types import AgentV1InjectUserMessage, AgentV1Settings
 from deepgram.environment import DeepgramClientEnvironment
 
 from tests.conftest import OPENAI_KEY
+from tests.support.deepgram_helpers import SETTINGS
 from tests.support.gateway import base_env, start_gateway
 from tests.support.portfwd import Forwarder
 
 DUMMY = "dg-client-side-dummy-key"
-SETTINGS = {
-    "type": "Settings",
-    "audio": {
-        "input": {"encoding": "linear16", "sample_rate": 16000},
-        "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
-    },
-    "agent": {
-        "language": "en",
-        "listen": {"provider": {"type": "deepgram", "model": "nova-3"}},
-        "think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}, "prompt": "Be brief."},
-        "speak": {"provider": {"type": "deepgram", "model": "aura-2-thalia-en"}},
-    },
-}
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from tests.support import deepgram_sdk
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import (
     AGENT_AUDIO_MS,
@@ -682,49 +683,11 @@ async def test_unknown_fault_is_400(sim: Sim) -> None:
 
 
 def _sdk_client(port: int) -> Any:
-    from deepgram import DeepgramClient
-    from deepgram.environment import DeepgramClientEnvironment
-
-    environment = DeepgramClientEnvironment(
-        base=f"http://127.0.0.1:{port}",
-        production=f"ws://127.0.0.1:{port}",
-        agent=f"ws://127.0.0.1:{port}",
-        agent_rest=f"http://127.0.0.1:{port}",
-    )
-    return DeepgramClient(api_key=KEY, environment=environment)
+    return deepgram_sdk.sdk_client(port, KEY)
 
 
 def _sdk_agent_exchange(port: int) -> list[Any]:
-    from deepgram.agent.v1.types import (
-        AgentV1InjectUserMessage,
-        AgentV1Settings,
-        AgentV1SettingsAudio,
-        AgentV1SettingsAudioInput,
-    )
-
-    seen: list[Any] = []
-    with _sdk_client(port).agent.v1.connect() as agent:
-        agent.send_settings(
-            AgentV1Settings(
-                audio=AgentV1SettingsAudio(
-                    input=AgentV1SettingsAudioInput(encoding="linear16", sample_rate=16000)
-                ),
-                agent=SETTINGS["agent"],
-            )
-        )
-        for _ in range(20):
-            seen.append(agent.recv())
-            if getattr(seen[-1], "type", None) == "SettingsApplied":
-                break
-        agent.send_inject_user_message(AgentV1InjectUserMessage(content="hi from the SDK"))
-        for _ in range(50):
-            seen.append(agent.recv())
-            if (
-                getattr(seen[-1], "type", None) == "ConversationText"
-                and seen[-1].role == "assistant"
-            ):
-                break
-    return seen
+    return deepgram_sdk.agent_exchange(_sdk_client(port), "hi from the SDK")
 
 
 def _sdk_listen_exchange(port: int) -> list[Any]:
