@@ -4,24 +4,28 @@ never reads. Each test drives the real gateway and checks what clients see."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import struct
 
+import pytest
 import trio
 
 from tests.stress.test_hostile import (
+    LIMIT,
     LISTEN,
     echo_round_trip,
     echo_url,
     env_for,
+    expect_close,
     http_get,
     ready,
     worker_pid,
 )
 from tests.support.gateway import kill_if_alive
-from tests.support.rawws import OP_BIN, OP_CLOSE, RawClient
+from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT, RawClient
 
 
 async def ready_ids(gw, provider: str) -> set[int]:
@@ -113,3 +117,84 @@ async def test_a_socket_handed_to_a_dying_worker_is_answered(gateway_factory, ec
     await client.aclose()
     assert "hand-off failed, retrying" in gw.output
     await echo_round_trip(gw)
+
+
+# --- an over-size message beside a live session (issue 16 §6, §7) ---------------------------
+
+BIG = 50 << 20
+CHUNK = 1 << 20
+
+
+def read_bytes(pid: int) -> int:
+    """Bytes the process has read with read-like system calls (sockets included)."""
+    with open(f"/proc/{pid}/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+def big_message(fragmented: bool):
+    """50 MiB as one binary frame announced in its header, or as 1 MiB fragments; masked
+    with a zero key, so the payload is plain zeros. Yields what to write, in order."""
+    if not fragmented:
+        yield bytes([0x82, 0x80 | 127]) + struct.pack(">Q", BIG) + bytes(4)
+        for _ in range(BIG // CHUNK):
+            yield bytes(CHUNK)
+        return
+    for i in range(BIG // CHUNK):
+        op = 0x02 if i == 0 else 0x00
+        fin = 0x80 if i == BIG // CHUNK - 1 else 0
+        yield bytes([fin | op, 0x80 | 127]) + struct.pack(">Q", CHUNK) + bytes(4) + bytes(CHUNK)
+
+
+async def send_until_refused(client: RawClient, fragmented: bool) -> int:
+    sent = 0
+    try:
+        for part in big_message(fragmented):
+            await client.send(part)
+            sent += len(part)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    return sent
+
+
+async def neighbour_round_trips(gw, count: int) -> None:
+    """Another session on the openai worker (the raw relay) answers every request."""
+    client = await RawClient.connect(gw.port, "/openai/v1/realtime?model=gpt-realtime")
+    assert client.status == 101
+    op, payload = await client.recv_message()
+    assert json.loads(payload)["type"] == "session.created"
+    for _ in range(count):
+        await client.send_frame(OP_TEXT, b'{"type":"session.update","session":{"type":"realtime"}}')
+        op, payload = await client.recv_message()
+        assert json.loads(payload)["type"] == "session.updated", payload
+    await client.send_frame(OP_CLOSE, struct.pack(">H", 1000))
+    await client.aclose()
+
+
+@pytest.mark.parametrize("fragmented", [False, True], ids=["one-frame", "fragments"])
+@pytest.mark.parametrize("path", ["/openai", "/openai/v1/realtime?model=gpt-realtime"], ids=["translator", "splice"])
+async def test_a_50_mib_message_is_refused_from_its_header(gateway_factory, openai_sim, fragmented, path):
+    url = f"ws://127.0.0.1:{openai_sim.port}/v1/realtime"
+    gw = await gateway_factory("--max-message-bytes", str(LIMIT), env=env_for(url, url))
+    pid = await worker_pid(gw, "openai")
+    client = await RawClient.connect(gw.port, path)
+    with trio.fail_after(5):
+        op, payload = await client.recv_message()
+    assert json.loads(payload)["type"] in ("Welcome", "session.created")
+    before = read_bytes(pid)
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            sent: list[int] = []
+
+            async def send() -> None:
+                sent.append(await send_until_refused(client, fragmented))
+
+            nursery.start_soon(send)
+            nursery.start_soon(neighbour_round_trips, gw, 50)
+            messages = await expect_close(client, 1009, "50 MiB")
+            # The sender goes on until the gateway closes the connection.
+    codes = [json.loads(m).get("code") or json.loads(m)["error"]["code"] for m in messages]
+    assert codes == ["message_too_large"]
+    # The worker stopped reading at the header that took the message past the limit: it
+    # read at most what was already in flight, never the 50 MiB.
+    assert read_bytes(pid) - before < 8 << 20, (read_bytes(pid) - before, sent)
+    assert await worker_pid(gw, "openai") == pid

@@ -749,6 +749,10 @@ class _Splice:
                 inject = self._limit_frames(limit)
                 self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(limit, 1000), limit)
             await self._close_leg(c, LIMIT_CLIENT_CODES[limit], limit, inject)
+            # Refused from its header: the payload is never read, not even to drain it
+            # (issue 16 §6); TCP is closed once our close frame is out.
+            c.dead()
+            return
         # The rest of the client's byte stream cannot be parsed any more.
         if c.out_closed and not c.in_closed:
             await self._drain(c)
