@@ -220,7 +220,7 @@ class Worker:
                 self._idle.set()
                 self._idle = trio.Event()
                 session.summary["duration"] = round(trio.current_time() - started, 3)
-                log.info("session closed", route=route, **session.summary)
+                log.info("session closed", route=route, **session.summary, suppressed=log.suppressed() or None)
                 await self._ended(channel, sid, route, session.summary)
 
     async def _ended(self, channel: Channel, sid: str, route: str, summary: dict[str, Any]) -> None:
