@@ -123,6 +123,8 @@ GATEWAY_OPTIONS: list[Callable] = [
     click.option("--tls-cert", envvar="VOXGATE_TLS_CERT", default=None,
                  help="PEM certificate chain: serve https/wss on the same port (needs --tls-key)."),
     click.option("--tls-key", envvar="VOXGATE_TLS_KEY", default=None, help="PEM private key for --tls-cert."),
+    click.option("--demo-page/--no-demo-page", envvar="VOXGATE_DEMO_PAGE", default=False, show_default=True,
+                 help="Serve the browser page at / (voxgate demo always does)."),
     click.option("--log-level", envvar=["VOXGATE_LOG_LEVEL", "LOG_LEVEL"],
                  type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True),
     click.option("--log-format", envvar="VOXGATE_LOG_FORMAT", type=click.Choice(["auto", "text", "json"]),
@@ -202,6 +204,7 @@ def build_config(opts: dict[str, Any]) -> Config:
         trust_proxy_headers=opts["trust_proxy_headers"],
         tls_cert=opts["tls_cert"],
         tls_key=opts["tls_key"],
+        demo_page=opts["demo_page"],
         log_level=opts["log_level"].lower(),
         log_format=resolve_log_format(opts["log_format"]),
     )
@@ -238,6 +241,11 @@ def public_url(config: Config, path: str, *, tls: bool = False) -> str:
     elif ":" in host:
         host = f"[{host}]"
     return f"{'wss' if tls else 'ws'}://{host}:{config.port}{path}"
+
+
+def page_url(config: Config, *, tls: bool = False) -> str:
+    """The browser page's http(s) URL (served at / with --demo-page)."""
+    return "http" + public_url(config, "/", tls=tls)[2:]
 
 
 def endpoint_lines(config: Config, *, tls: bool = False) -> list[str]:
@@ -286,6 +294,8 @@ async def _serve(config: Config, log: logs.EventLog) -> None:
     supervisor.port = port
     for line in [*startup_notes(config), *endpoint_lines(config, tls=bool(config.tls_cert))]:
         click.echo(line)
+    if config.demo_page:
+        click.echo(f"page {page_url(config, tls=bool(config.tls_cert))} - browser page (talk through any path)")
     click.echo(f"voxgate {__version__} listening on {config.host}:{port} (pid {os.getpid()})")
     sys.stdout.flush()
     await supervisor.run(listeners)

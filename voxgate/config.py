@@ -116,6 +116,7 @@ class Config:
     trust_proxy_headers: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
+    demo_page: bool = False
 
     def secrets(self) -> list[str]:
         """Every secret this config holds, for log scrubbing."""

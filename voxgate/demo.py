@@ -512,6 +512,7 @@ class DemoOptions:
 
 def _url_lines(gw: GatewayProcess) -> list[str]:
     rows = [
+        (gw.url("/", "http"), "browser page: talk through /openai, /deepgram-proxy, /deepgram-proxy/v1/listen"),
         (gw.url("/openai"), "Deepgram Voice Agent protocol -> OpenAI Realtime (simulated)"),
         (gw.url("/openai/v1/realtime"), "raw OpenAI Realtime relay (simulated)"),
         (gw.url("/deepgram-proxy"), "Deepgram Voice Agent passthrough (simulated)"),
@@ -561,6 +562,7 @@ async def run_demo(options: DemoOptions, printer: Printer) -> int:
                     "DEEPGRAM_AGENT_URL": f"ws://127.0.0.1:{deepgram_port}",
                     "DEEPGRAM_API_URL": f"ws://127.0.0.1:{deepgram_port}",
                     "VOXGATE_GRACE": GATEWAY_GRACE,
+                    "VOXGATE_DEMO_PAGE": "1",
                 }
             )
             gw: GatewayProcess | None = None
@@ -572,6 +574,7 @@ async def run_demo(options: DemoOptions, printer: Printer) -> int:
                     nursery.cancel_scope.cancel()
                     return 1
                 printer.detail(f"demo: gateway pid {gw.pid} listening on {gw.url('', 'http')}")
+                printer.detail(f"demo: browser page {gw.url('/', 'http')}" + ("" if options.keep_running else " (with --keep-running it stays up)"))
                 for index, step in enumerate(STEPS, 1):
                     results.append(await run_step(gw, step, index, printer))
                 finished = True

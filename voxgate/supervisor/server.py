@@ -29,6 +29,7 @@ from voxgate.supervisor.admission import (
 )
 from voxgate.supervisor.http import Head, HeadError, read_head, response
 from voxgate.supervisor.metrics import Metrics
+from voxgate.supervisor.page import PAGE_HEADERS, load_page
 from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
 from voxgate.supervisor.workers import ProviderPool, Worker
 
@@ -92,6 +93,7 @@ class Supervisor:
             self.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
         self.tls = self.ssl_context is not None
+        self.page = load_page() if config.demo_page else {}
         self.port = config.port
         self.admission = Admission(
             AdmissionConfig(
@@ -189,6 +191,9 @@ class Supervisor:
             endpoint = "readyz" if only in KEY_VARS else None
         if head.method == "OPTIONS":
             return self.cors_preflight(head)
+        if head.method in ("GET", "HEAD") and path in self.page:
+            body, content_type = self.page[path]
+            return response(200, body, headers=PAGE_HEADERS, tls=self.tls, content_type=content_type)
         if head.method == "POST" and endpoint == "tokens":
             return self.mint(head)
         if head.method not in ("GET", "HEAD") or endpoint is None:
