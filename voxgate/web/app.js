@@ -164,7 +164,7 @@ class Session {
     this.userClosed = false;
     this.lastSent = performance.now();
     this.speaking = false;
-    this.lastVoice = 0;
+    this.lastVoice = -Infinity;  // no voice yet (gate=1 sends nothing before the first)
     this.turnStart = null;         // end of user speech or a typed message, awaiting agent audio
     this.queued = [];
     this.ws = new WebSocket(sessionUrl(location, path, { rate, token }));
@@ -290,6 +290,19 @@ class Session {
     if (dropped && options.reconnect) scheduleReconnect(this.path);
   }
 
+  /** The browser says the network is gone: the socket is as good as dead (1006, abnormal
+   * closure) even while it still looks open; release it and reconnect once back online. */
+  lost(reason) {
+    this.userClosed = true;
+    if (this.keepalive) clearInterval(this.keepalive);
+    if (this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, reason);
+    session = null;
+    stopMic();
+    setState("closed", 1006, reason);
+    log(`closed 1006 ${reason}`);
+    if (this.opened && options.reconnect) scheduleReconnect(this.path);
+  }
+
   close() {
     this.userClosed = true;
     if (this.keepalive) clearInterval(this.keepalive);
@@ -381,7 +394,10 @@ function init() {
     }
   };
   document.addEventListener("visibilitychange", () => log(`page ${document.visibilityState}`));
-  window.addEventListener("offline", () => log("network offline"));
+  window.addEventListener("offline", () => {
+    log("network offline");
+    if (session) session.lost("network offline");
+  });
   window.addEventListener("online", () => log("network online"));
   // A refresh or a closed tab ends the session at once instead of leaving it to a timeout.
   window.addEventListener("pagehide", () => session && session.close());
