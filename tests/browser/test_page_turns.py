@@ -61,3 +61,21 @@ def test_spoken_turn_on_the_listen_path(stack, browser):
     (record,) = stack.sims.records("deepgram", "/v1/listen")
     assert record.query_value("sample_rate") == "16000" and record.query_value("encoding") == "linear16"
     assert {len(f.data) for f in record.received if f.kind == "binary"} == {640}
+
+
+def test_client_token_from_the_page(stack, browser):
+    """With --client-token the page's token field admits the session; without it the page
+    shows the refusal. The token never reaches the upstream."""
+    token = "page-token-0123456789abcdef"
+    stack.start("--client-token", token)
+    refused = browser.page("/?path=/deepgram-proxy&autoconnect=1&mic=0")
+    closed = wait_state(refused, "closed")
+    assert "refused" in closed["reason"]
+    assert stack.sims.records("deepgram") == []
+
+    page = browser.page(f"/?path=/deepgram-proxy&autoconnect=1&mic=0&say=hi&token={token}")
+    wait_line(page, "assistant", "You said: hi")
+    (record,) = stack.sims.records("deepgram")
+    seen = repr((record.path, record.query, record.headers, record.subprotocols))
+    assert token not in seen
+    assert token not in stack.gw.output
