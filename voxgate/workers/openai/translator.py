@@ -68,6 +68,7 @@ __all__ = [
     "TIMER_DEFERRED_CREATE",
     "DIALECT_DEEPGRAM",
     "DIALECT_REFERENCE",
+    "dialect_for_path",
 ]
 
 
@@ -168,6 +169,14 @@ DEEPGRAM_ERROR_CODES = {
     "disallowed_client_message_type": "UNPARSABLE_CLIENT_MESSAGE",
     "internal_error": "INTERNAL_SERVER_ERROR",
 }
+AGENT_CONVERSE_PATH = "/openai/v1/agent/converse"
+
+
+def dialect_for_path(path: str) -> str:
+    """The Deepgram SDKs' agent path speaks Deepgram's dialect; bare `/openai` the reference's."""
+    return DIALECT_DEEPGRAM if path == AGENT_CONVERSE_PATH else DIALECT_REFERENCE
+
+
 UPDATE_ANSWERS = {"prompt": "PromptUpdated", "think": "ThinkUpdated", "listen": "ListenUpdated"}
 EXPECTED_CLOSURE_ERRORS = frozenset({"idle_timeout", "session_max_duration"})
 
