@@ -548,6 +548,7 @@ class RealtimeSession:
         self._active: _Response | None = None
         self._assistant_audio_sent = False
         self._transcripts: dict[str, str] = {}
+        self._item_audio_ms: dict[str, int] = {}  # assistant item -> ms of audio generated
         self._buffer = bytearray()
         self._audio_ms = 0.0  # audio clock: ms of input audio appended this session
         self._vad = _Vad()
@@ -786,6 +787,17 @@ class RealtimeSession:
             raise _Invalid("invalid_value", "Only assistant messages can be truncated.", "item_id")
         content_index = event.get("content_index", 0)
         audio_end_ms = event.get("audio_end_ms", 0)
+        if not isinstance(audio_end_ms, int) or isinstance(audio_end_ms, bool) or audio_end_ms < 0:
+            raise _Invalid(
+                "invalid_type", "Invalid 'audio_end_ms': expected an integer >= 0.", "audio_end_ms"
+            )
+        length = self._item_audio_ms.get(item["id"], 0)
+        if audio_end_ms > length:
+            raise _Invalid(
+                "invalid_value",
+                f"Audio content of {length}ms is already shorter than {audio_end_ms}ms",
+                "audio_end_ms",
+            )
         for part in item.get("content", []):
             if part.get("type") == "output_audio":
                 part["transcript"] = ""
@@ -1126,6 +1138,7 @@ class RealtimeSession:
                 )
                 fmt = s["audio"]["output"]["format"]
                 audio = reply_audio(fmt)
+                self._item_audio_ms[item_id] = len(audio) // _bytes_per_ms(fmt)
                 chunk = REPLY_CHUNK_MS * _bytes_per_ms(fmt)
                 chunks = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
                 words = _pieces(text)
