@@ -650,10 +650,12 @@ async def test_speech_during_a_response_cancels_it(slow_sim: OpenAISimulator) ->
     assert "response.output_audio.delta" not in types(events)
 
 
-async def test_client_cancel_then_truncate_the_played_audio(slow_sim: OpenAISimulator) -> None:
+async def test_client_cancel_then_truncate_the_played_audio(nursery: trio.Nursery) -> None:
     """What a barge-in handler does: cancel the live response, then cut its audio item at what
     was played; the item cannot be cut past the audio it has."""
-    async with connect(slow_sim) as client:
+    paced = OpenAISimulator(api_key=API_KEY, audio_pace=0.5)  # chunks 2-3 held back 0.5 s each
+    await nursery.start(paced.serve)
+    async with connect(paced) as client:
         await client.recv()
         await client.send(user_text("tell me a story"))
         await client.send({"type": "response.create"})
@@ -664,6 +666,7 @@ async def test_client_cancel_then_truncate_the_played_audio(slow_sim: OpenAISimu
         done = events[-1]["response"]
         assert done["id"] == rid and done["status"] == "cancelled"
         assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+        assert "response.output_audio.delta" not in types(events)  # the rest never came
         item_id = delta["item_id"]
         truncate = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0}
         await client.send({**truncate, "audio_end_ms": 100})

@@ -535,9 +535,11 @@ class RealtimeSession:
         fault: Fault | None = None,
         reply_delay: float = 0.0,
         expires_at: int | None = None,
+        audio_pace: float = 0.0,
     ) -> None:
         self.fault = fault
         self.reply_delay = reply_delay
+        self.audio_pace = audio_pace  # seconds between reply audio chunks (0: all at once)
         self.session = default_session(
             model, expires_at=expires_at if expires_at is not None else int(time.time()) + 3600
         )
@@ -1156,6 +1158,7 @@ class RealtimeSession:
                                 **ids,
                                 delta=base64.b64encode(chunks[i]).decode(),
                             ),
+                            delay=self.audio_pace if i else 0.0,
                             on_send=self._mark_audio_sent,
                         )
                 tag(self._event("response.output_audio.done", **ids))
@@ -1466,9 +1469,10 @@ def _bearer(record: ConnectionRecord) -> str | None:
 class OpenAISimulator:
     """A simulated OpenAI Realtime endpoint; ``connections`` records every connection."""
 
-    def __init__(self, *, api_key: str, reply_delay: float = 0.0) -> None:
+    def __init__(self, *, api_key: str, reply_delay: float = 0.0, audio_pace: float = 0.0) -> None:
         self._api_key = api_key
         self.reply_delay = reply_delay
+        self.audio_pace = audio_pace
         self.connections: list[ConnectionRecord] = []
         self.sessions: dict[ConnectionRecord, RealtimeSession] = {}
         self.port: int | None = None
@@ -1534,6 +1538,7 @@ class OpenAISimulator:
             model=record.query_value("model") or DEFAULT_MODEL,
             fault=record.fault,
             reply_delay=self.reply_delay,
+            audio_pace=self.audio_pace,
         )
         if (record.header("openai-beta") or "").startswith("realtime="):
             # The GA endpoint refuses the beta protocol shape right after the upgrade.
