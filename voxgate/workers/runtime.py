@@ -64,7 +64,7 @@ class Session:
     peer: str
     trace: str
     stream: trio.SocketStream
-    handshake: ClientHandshake
+    handshake: ClientHandshake | None  # None for a plain HTTP route (`handler.plain_http`)
     config: Config
     log: logs.EventLog
     counters: WorkerCounters
@@ -188,8 +188,11 @@ class Worker:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         log = self.log.bind(sid=sid, trace=header.get("trace", sid))
         try:
-            handshake = ClientHandshake(pre, int(header.get("head_len", len(pre))))
             handler = self.handlers[route]
+            handshake = (
+                None if getattr(handler, "plain_http", False)
+                else ClientHandshake(pre, int(header.get("head_len", len(pre))))
+            )
         except (ValueError, KeyError):
             log.warning("session refused", route=route, reason="invalid hand-off")
             await trio.aclose_forcefully(stream)
