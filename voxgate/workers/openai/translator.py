@@ -818,6 +818,7 @@ class Translator:
         self._to_client(_conversation_text("user", content))  # R20
         self._unbound_injects += 1
         self._turn_end = self._clock()
+        self._stt_latency = self._speech_stopped_at = None  # a typed turn has no STT
 
     # session changes: UpdatePrompt, UpdateThink, UpdateListen -----------------------------
 
@@ -1508,6 +1509,7 @@ class Translator:
     def _up_speech_stopped(self, event: dict[str, Any]) -> None:
         self._user_speaking = False
         self._turn_end = self._speech_stopped_at = self._clock()
+        self._stt_latency = None  # a late transcript of an earlier turn is not this turn's
         if not self._dg:  # Deepgram's agent API has no UtteranceEnd
             self._to_client(_dumps(utterance_end(event)))
 
