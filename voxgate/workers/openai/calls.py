@@ -33,6 +33,7 @@ import orjson
 import trio
 
 from voxgate.supervisor.http import response
+from voxgate.workers.keyscrub import KeyScrubber
 from voxgate.workers.openai import realtime
 from voxgate.workers.openai.upstream_map import redact
 from voxgate.workers.runtime import Session
@@ -330,6 +331,9 @@ async def set_up_call(session: Session, request: HttpRequest) -> tuple[int, byte
         return answer.status, answer.body, "application/sdp", extra
     # the provider refused the offer or the session: its reason helps the client; no key in it
     body = redact(answer.body.decode("utf-8", "replace")).encode()
+    scrubber = KeyScrubber.for_secret(config.openai_key)
+    masked = scrubber.mask(body) if scrubber is not None else None
+    body = bytes(masked) if masked is not None else body
     kind = answer.header("content-type") or "application/json"
     return answer.status if 400 <= answer.status < 500 else 502, body, kind, []
 
