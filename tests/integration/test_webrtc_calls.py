@@ -17,42 +17,11 @@ import trustme
 
 from tests.conftest import OPENAI_KEY, gateway_env
 from tests.support.deepgram_helpers import key_leaks
+from tests.support.webrtc import OFFER
 from voxgate.workers.openai.calls import build_form, sdp_problem
 
 TOKEN = "client-token-for-webrtc-0123456789"
 ORIGIN = "https://app.example"
-OFFER = "\r\n".join([
-    "v=0",
-    "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
-    "s=-",
-    "t=0 0",
-    "a=group:BUNDLE 0 1",
-    "a=extmap-allow-mixed",
-    "a=msid-semantic: WMS",
-    "m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8",
-    "c=IN IP4 0.0.0.0",
-    "a=rtcp:9 IN IP4 0.0.0.0",
-    "a=ice-ufrag:7sFv",
-    "a=ice-pwd:dO3t0GzTjLOlJ0nJ3sK0tZyX",
-    "a=ice-options:trickle",
-    "a=fingerprint:sha-256 9B:4D:2A:6C:01:77:D1:3E:8F:92:5B:40:1A:AC:3E:55:90:12:0C:7B:E4:2F:81:66:09:7D:FA:31:C8:04:BB:1E",
-    "a=setup:actpass",
-    "a=mid:0",
-    "a=sendrecv",
-    "a=rtcp-mux",
-    "a=rtpmap:111 opus/48000/2",
-    "a=fmtp:111 minptime=10;useinbandfec=1",
-    "a=rtpmap:0 PCMU/8000",
-    "a=rtpmap:8 PCMA/8000",
-    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
-    "c=IN IP4 0.0.0.0",
-    "a=ice-ufrag:7sFv",
-    "a=ice-pwd:dO3t0GzTjLOlJ0nJ3sK0tZyX",
-    "a=fingerprint:sha-256 9B:4D:2A:6C:01:77:D1:3E:8F:92:5B:40:1A:AC:3E:55:90:12:0C:7B:E4:2F:81:66:09:7D:FA:31:C8:04:BB:1E",
-    "a=setup:actpass",
-    "a=mid:1",
-    "a=sctp-port:5000",
-]) + "\r\n"
 
 
 async def post(
@@ -103,7 +72,7 @@ async def test_offer_forwarded_with_the_key_and_configuration_answer_returned(gw
         gw.port, "/openai/v1/realtime/calls?traceId=t-1", body, auth(**{"Content-Type": ctype})
     )
     assert status == 201, answer
-    assert headers["content-type"] == "application/sdp"
+    assert headers["content-type"] == "application/sdp" and "strict-transport-security" not in headers
     [call] = openai_sim.calls
     assert answer.decode() == call.answer and sdp_problem(answer.decode()) is None
     assert headers["location"] == f"/openai/v1/realtime/calls/{call.call_id}"
@@ -240,9 +209,10 @@ async def test_over_tls(gateway_factory, openai_sim, tmp_path):
                                env=gateway_env(openai_sim), wait_ready=False)
     with trio.fail_after(15):
         while True:  # until the openai worker is up (readiness over HTTPS is test_tls's business)
-            status, _, answer, _ = await post(gw.port, "/openai/v1/realtime/calls", OFFER.encode(),
-                                              {"Content-Type": "application/sdp"}, tls=ctx)
+            status, headers, answer, _ = await post(gw.port, "/openai/v1/realtime/calls", OFFER.encode(),
+                                                    {"Content-Type": "application/sdp"}, tls=ctx)
             if status != 503:
                 break
             await trio.sleep(0.1)
     assert status == 201 and answer.decode() == openai_sim.calls[-1].answer
+    assert headers["strict-transport-security"].startswith("max-age=")

@@ -304,7 +304,7 @@ class Supervisor:
         trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
         header = {
             "t": "conn", "sid": sid, "route": route.kind, "peer": ip,
-            "head_len": head.head_len, "trace": trace[:128],
+            "head_len": head.head_len, "trace": trace[:128], "tls": self.tls,
         }
         for _ in range(HANDOFF_ATTEMPTS):
             worker: Worker | None = await pool.wait_for_worker(self.config.worker_wait)

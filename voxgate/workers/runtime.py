@@ -69,6 +69,7 @@ class Session:
     log: logs.EventLog
     counters: WorkerCounters
     preread: bytes = b""  # every byte the supervisor read, request head included
+    tls: bool = False  # the client reached the supervisor over TLS (plain HTTP routes add HSTS)
     shutdown: trio.Event = field(default_factory=trio.Event)
     summary: dict[str, Any] = field(default_factory=dict)  # handler fills: codes, frames, bytes
     # (frames_up, frames_down, bytes_up, bytes_down) so far; set by the handler so traffic
@@ -206,7 +207,7 @@ class Worker:
         session = Session(
             sid=sid, route=route, peer=str(header.get("peer", "")), trace=str(header.get("trace", sid)),
             stream=stream, handshake=handshake, config=self.config, log=log, counters=self.counters,
-            preread=pre,
+            preread=pre, tls=bool(header.get("tls", False)),
         )
         self.sessions[sid] = session
         self.counters.sessions_total[route] += 1

@@ -351,7 +351,9 @@ async def handle_calls(session: Session) -> None:
     session.log.info("webrtc call set-up", status=status)
     try:
         extra = [("Cache-Control", "no-store"), *extra, *cors]
-        await session.stream.send_all(response(status, body, headers=extra, content_type=ctype))
+        await session.stream.send_all(
+            response(status, body, headers=extra, content_type=ctype, tls=session.tls)
+        )
         await session.stream.send_eof()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         session.log.info("client left before the answer")

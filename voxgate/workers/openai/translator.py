@@ -218,7 +218,6 @@ def _simple(kind: str) -> str:
 
 
 SETTINGS_APPLIED = _simple("SettingsApplied")
-PROMPT_UPDATED = _simple("PromptUpdated")
 AGENT_STARTED = _simple("AgentStartedSpeaking")
 AGENT_DONE = _simple("AgentDone")
 AGENT_AUDIO_DONE = _simple("AgentAudioDone")
