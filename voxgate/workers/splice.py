@@ -79,6 +79,7 @@ from voxgate.workers.frames import (
     xor_mask_at,
 )
 from voxgate.workers.keyscrub import PIECE, KeyScrubber, generic_close_reason
+from voxgate.workers.limits import LIMITS
 
 __all__ = ["SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
@@ -87,13 +88,7 @@ RECV_SIZE = 65536
 MAX_OBSERVED_TEXT = 1 << 20  # larger upstream text messages are forwarded but not observed
 MAX_QUEUED_CONTROL = 64 * 1024  # control bytes queued for a busy leg before its pump waits
 
-LIMIT_CLIENT_CODES = {
-    "message_too_large": 1009,
-    "idle_timeout": 1000,
-    "session_max_duration": 1000,
-    "shutting_down": 1001,
-}
-LIMIT_UPSTREAM_CODES = {"shutting_down": 1001}  # others: 1000
+
 
 _Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
 _WHOLE_MESSAGE_B0 = frozenset((0x80 | OP_TEXT, 0x80 | OP_BINARY))  # FIN + TEXT / BINARY
@@ -441,8 +436,9 @@ class _Splice:
         """A gateway limit ends the session: on_limit frames, then the limit's close codes."""
         if not self._end("limit:" + code):
             return
-        self._spawn_close(self.c, LIMIT_CLIENT_CODES[code], code, self._limit_frames(code))
-        self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(code, 1000), code)
+        limit = LIMITS[code]
+        self._spawn_close(self.c, limit.client_close, code, self._limit_frames(code))
+        self._spawn_close(self.up, limit.upstream_close, code)
 
     async def _drain(self, leg: _Leg) -> None:
         """After failing a leg (its byte stream can no longer be parsed): let the peer see
@@ -747,8 +743,8 @@ class _Splice:
             inject = None
             if self._end("limit:" + limit):
                 inject = self._limit_frames(limit)
-                self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(limit, 1000), limit)
-            await self._close_leg(c, LIMIT_CLIENT_CODES[limit], limit, inject)
+                self._spawn_close(self.up, LIMITS[limit].upstream_close, limit)
+            await self._close_leg(c, LIMITS[limit].client_close, limit, inject)
             # Refused from its header: the payload is never read, not even to drain it
             # (issue 16 §6); TCP is closed once our close frame is out.
             c.dead()
