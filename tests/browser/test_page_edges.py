@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 from tests.support.browser import (
-    counter,
     page_state,
     set_hidden,
     wait_for,
