@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from voxgate.policy import apply_policy, pinned_message
 from voxgate.workers.closecodes import map_close_code, safe_reason
 from voxgate.workers.openai.audio import OPENAI_RATE, StreamResampler, silence
 from voxgate.workers.openai.settings_map import (
@@ -170,6 +171,9 @@ GATEWAY_LIMITS: dict[str, tuple[int, int, str, str]] = {
         "shutting down",
         "The gateway is shutting down.",
     ),
+    "terminated": (1008, 1000, "terminated", "Session ended by the gateway operator."),
+    "budget_exhausted": (1008, 1000, "budget exhausted", "The client's usage budget is exhausted."),
+    "replaced": (1008, 1000, "replaced", "Session replaced by a newer session of the same client."),
 }
 
 
@@ -341,6 +345,7 @@ class Translator:
         json_passthrough: bool = False,
         deferred_create_timeout: float = 20.0,
         max_pending_bytes: int = 4 * 1024 * 1024,
+        policy: dict[str, Any] | None = None,
     ) -> None:
         self.request_id = request_id or str(uuid.uuid4())
         self.default_model = default_model or "gpt-realtime"
@@ -349,6 +354,8 @@ class Translator:
         self.deferred_create_timeout = deferred_create_timeout
         self.max_pending_bytes = max_pending_bytes
         self.internal_errors = 0  # bugs caught by the guard; tests assert it stays 0
+        self.on_usage: Callable[[Any], None] | None = None  # each response.done's `usage`
+        self.policy = policy  # server-owned session policy rules (voxgate.policy)
 
         self._out: list[Action] = []
         self._welcome_sent = False
@@ -722,6 +729,10 @@ class Translator:
         self._send_session_update(plan.session, "settings")
 
     def _send_session_update(self, session: dict[str, Any], kind: str) -> None:
+        if self.policy:
+            for name in apply_policy(session, self.policy):
+                self._to_client(_dumps({"type": "Warning", "description": pinned_message(name), "code": "policy_pinned"}))
+                self._log("info", "pinned field replaced", field=name)
         event_id = self._next_event_id("su")
         self._update_kinds.append((event_id, kind))
         self._to_upstream(
@@ -1189,6 +1200,8 @@ class Translator:
 
     def _up_response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response") if isinstance(event.get("response"), dict) else {}
+        if self.on_usage is not None:
+            self.on_usage(response.get("usage"))
         st = self._lookup(response.get("id"))
         output_text, item_ids = assistant_text_from_response(response)
         text = "".join(st.text_parts)
