@@ -533,8 +533,8 @@ class Supervisor:
                 return response(404, {"error": "not_found", "message": "no live session with that id"}, tls=self.tls)
         elif not filters:
             return self._bad("name the sessions to end: a session id, or ?client_ip=, ?token_label=, ?provider=")
-        else:
-            matched = [r for r in live if r.matches(filters)]
+        else:  # sessions already ending are not counted again
+            matched = [r for r in live if r.matches(filters) and r.stopping is None]
         self.stop_sessions(matched, "terminated")
         return response(200, {"ended": len(matched), "ids": [r.sid for r in matched]}, tls=self.tls)
 

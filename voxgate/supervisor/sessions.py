@@ -74,7 +74,7 @@ class SessionRef:
             "started_at": f"{stamp}.{int(self.started_at * 1000) % 1000:03d}Z",
             "duration_s": round(time.monotonic() - self.started, 3), "worker": self.worker,
             "frames_up": frames_up, "frames_down": frames_down, "bytes_up": bytes_up, "bytes_down": bytes_down,
-            "usage": self.usage,
+            "usage": self.usage, "ending": self.stopping,
         }
 
 

@@ -1,0 +1,157 @@
+"""Operator control and cost guardrails through the real gateway (issue 11): the live session
+registry and its admin API, the kill switch, usage metering, budgets per client token,
+OpenAI-style client secrets and the server-owned session policy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from tests.conftest import gateway_env
+from tests.integration.test_supervisor import echo_env
+from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT, RawClient, close_code
+from tests.support.upstream import EchoUpstream
+
+ADMIN = "Qm7Vt2Lx9w-admin"
+TOKEN = "Hy4Nc8Rb3s-client"
+
+
+@pytest.fixture
+async def echo(nursery):
+    up = EchoUpstream()
+    up.port = await nursery.start(up.serve)
+    return up
+
+
+async def admin(gw, method: str, path: str, token: str | None = ADMIN, body: bytes | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    status, _, data = await trio.to_thread.run_sync(lambda: gw.http(path, method=method, headers=headers, body=body))
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, {"raw": data.decode("latin-1")}
+
+
+async def wait_sessions(gw, predicate, query: str = "", timeout: float = 5.0) -> list[dict]:
+    """Poll GET /v1/sessions until `predicate(sessions)` holds (bounded)."""
+    sessions: list[dict] = []
+    with trio.fail_after(timeout):
+        while True:
+            status, body = await admin(gw, "GET", "/v1/sessions" + query)
+            assert status == 200, body
+            sessions = body["sessions"]
+            if predicate(sessions):
+                return sessions
+            await trio.sleep(0.05)
+
+
+async def read_until_close(client: RawClient, timeout: float = 5.0) -> tuple[list[tuple[int, bytes]], int | None]:
+    """Every data message until the close frame: (messages, close code)."""
+    messages = []
+    with trio.fail_after(timeout):
+        while True:
+            got = await client.recv_message()
+            if got is None:
+                return messages, None
+            op, payload = got
+            if op == OP_CLOSE:
+                return messages, close_code(payload)
+            messages.append((op, payload))
+
+
+def text_types(messages: list[tuple[int, bytes]]) -> list[tuple[str, str | None]]:
+    out = []
+    for op, payload in messages:
+        if op == OP_TEXT:
+            try:
+                msg = json.loads(payload)
+            except ValueError:
+                continue
+            if isinstance(msg, dict):
+                code = msg.get("code") or (msg.get("error") or {}).get("code") if isinstance(msg.get("error"), dict) or "code" in msg else None
+                out.append((msg.get("type"), code))
+    return out
+
+
+async def test_admin_api_needs_the_admin_token(gateway_factory, echo):
+    gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN))
+    for method, path in (("GET", "/v1/sessions"), ("DELETE", "/v1/sessions/abc"), ("DELETE", "/v1/sessions?client_ip=1")):
+        assert (await admin(gw, method, path, token=None))[0] == 401
+        assert (await admin(gw, method, path, token="wrong-admin"))[0] == 401
+    assert (await admin(gw, "GET", "/v1/sessions?color=red"))[0] == 400
+    assert (await admin(gw, "DELETE", "/v1/sessions"))[0] == 400  # no filter: never "everything"
+    status, body = await admin(gw, "DELETE", "/v1/sessions/0123456789abcdef")
+    assert status == 404 and body["error"] == "not_found"
+    assert ADMIN not in gw.output
+    off = await gateway_factory(env=echo_env(echo))
+    assert (await admin(off, "GET", "/v1/sessions"))[0] == 404  # no --admin-token: the API is off
+
+
+async def test_list_filter_and_kill_every_path(gateway_factory, echo):
+    gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_CLIENT_TOKENS=f"kiosk:{TOKEN}"))
+    auth = [("Authorization", f"Bearer {TOKEN}"), ("Origin", "https://app.example")]
+    paths = {
+        "/deepgram-proxy/v1/agent/converse": ("deepgram", "agent"),
+        "/deepgram-proxy/v1/listen?encoding=linear16&sample_rate=16000": ("deepgram", "listen"),
+        "/deepgram-proxy/v1/speak": ("deepgram", "speak"),
+        "/openai/v1/realtime": ("openai", "realtime"),
+    }
+    clients = {}
+    for path in paths:
+        client = await RawClient.connect(gw.port, path + ("&" if "?" in path else "?") + "traceId=tr-" + paths[path][1],
+                                         headers=auth)
+        assert client.status == 101
+        clients[path] = client
+    sessions = await wait_sessions(gw, lambda s: len(s) == 4)
+    by_route = {s["route"]: s for s in sessions}
+    for path, (provider, route) in paths.items():
+        entry = by_route[route]
+        assert entry["provider"] == provider
+        assert entry["client_ip"] == "127.0.0.1" and entry["origin"] == "https://app.example"
+        assert entry["token_label"] == "kiosk" and entry["trace"] == f"tr-{route}"
+        assert len(entry["id"]) == 16 and entry["duration_s"] >= 0 and entry["started_at"].endswith("Z")
+    assert TOKEN not in json.dumps(sessions)
+    assert {s["route"] for s in await wait_sessions(gw, bool, "?provider=deepgram")} == {"agent", "listen", "speak"}
+    assert [s["route"] for s in await wait_sessions(gw, bool, "?route=realtime")] == ["realtime"]
+    assert len(await wait_sessions(gw, bool, "?token_label=kiosk&client_ip=127.0.0.1")) == 4
+    assert await wait_sessions(gw, lambda s: True, "?token_label=other") == []
+
+    # traffic shows while the session runs
+    agent = clients["/deepgram-proxy/v1/agent/converse"]
+    await agent.send_frame(OP_BIN, b"\x00" * 3200)
+    await wait_sessions(gw, lambda s: any(x["route"] == "agent" and x["frames_up"] == 1 and x["bytes_up"] == 3200
+                                          for x in s))
+
+    # one by id: agent path hears Error "terminated", then 1008, within a second
+    started = trio.current_time()
+    status, body = await admin(gw, "DELETE", f"/v1/sessions/{by_route['agent']['id']}")
+    assert status == 200 and body == {"ended": 1, "ids": [by_route["agent"]["id"]]}
+    messages, code = await read_until_close(agent)
+    assert trio.current_time() - started < 1.5
+    assert code == 1008
+    errors = [json.loads(p) for op, p in messages if op == OP_TEXT and b'"Error"' in p]
+    assert errors and errors[-1]["code"] == "terminated"
+    await echo.wait_for(lambda: all(c.closed.is_set() for c in echo.conns if c.path.endswith("/agent/converse")))
+
+    # the raw relay hears an OpenAI error event, then 1008
+    status, body = await admin(gw, "DELETE", "/v1/sessions?provider=openai")
+    assert status == 200 and body["ended"] == 1
+    messages, code = await read_until_close(clients["/openai/v1/realtime"])
+    assert code == 1008
+    assert any(json.loads(p).get("error", {}).get("code") == "terminated" for op, p in messages if op == OP_TEXT)
+
+    # every match by client ip: listen and speak close with 1008
+    status, body = await admin(gw, "DELETE", "/v1/sessions?client_ip=127.0.0.1")
+    assert status == 200 and body["ended"] == 2
+    for path in ("/deepgram-proxy/v1/listen?encoding=linear16&sample_rate=16000", "/deepgram-proxy/v1/speak"):
+        _, code = await read_until_close(clients[path])
+        assert code == 1008
+    await wait_sessions(gw, lambda s: s == [])
+    metrics = (await trio.to_thread.run_sync(lambda: gw.http("/metrics")))[2].decode()
+    assert 'voxgate_sessions_stopped_total{reason="terminated"} 4.0' in metrics
+    for client in clients.values():
+        await client.aclose()
