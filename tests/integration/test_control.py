@@ -155,3 +155,108 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
     assert 'voxgate_sessions_stopped_total{reason="terminated"} 4.0' in metrics
     for client in clients.values():
         await client.aclose()
+
+
+# --- budgets per client token ------------------------------------------------------------------
+
+
+SECRET = "Wd3Kp8Zr5t-secret"
+
+
+async def mint(gw, **terms) -> str:
+    status, body = await admin(gw, "POST", "/v1/tokens", body=json.dumps(terms).encode())
+    assert status == 200, body
+    return body["token"]
+
+
+async def test_max_sessions_rejects_with_429_before_101(gateway_factory, echo):
+    gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_TOKEN_SECRET=SECRET))
+    assert (await admin(gw, "POST", "/v1/tokens", body=b'{"max_sessions": 0}'))[0] == 400
+    assert (await admin(gw, "POST", "/v1/tokens", body=b'{"label": "bad label!"}'))[0] == 400
+    token = await mint(gw, label="tab-user", max_sessions=1, ttl=600)
+    first = await RawClient.connect(gw.port, f"/deepgram-proxy?token={token}")
+    assert first.status == 101
+    second = await RawClient.connect(gw.port, f"/deepgram-proxy/v1/listen?token={token}")
+    assert second.status == 429
+    body = json.loads(await second.body())
+    assert body["error"] == "budget_exceeded" and body["limit"] == "max_sessions"
+    other = await RawClient.connect(gw.port, f"/deepgram-proxy?token={await mint(gw, max_sessions=1)}")
+    assert other.status == 101  # budgets are per token
+    [entry] = await wait_sessions(gw, bool, "?token_label=tab-user")
+    assert token not in json.dumps(entry) and token[4:20] not in gw.output
+    await first.close()
+    await wait_sessions(gw, lambda s: len(s) == 1)
+    third = await RawClient.connect(gw.port, f"/deepgram-proxy?token={token}")
+    assert third.status == 101  # the slot is free again
+    for client in (first, second, other, third):
+        await client.aclose()
+
+
+async def test_replace_oldest_session(gateway_factory, echo):
+    gw = await gateway_factory("--on-session-limit", "replace-oldest", "--token-max-sessions", "1",
+                               env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_CLIENT_TOKENS=f"web:{TOKEN}"))
+    old = await RawClient.connect(gw.port, f"/deepgram-proxy?token={TOKEN}")
+    assert old.status == 101
+    await wait_sessions(gw, lambda s: len(s) == 1)
+    new = await RawClient.connect(gw.port, f"/deepgram-proxy?token={TOKEN}")  # the browser refresh
+    assert new.status == 101
+    messages, code = await read_until_close(old)
+    assert code == 1008
+    assert [json.loads(p)["code"] for op, p in messages if op == OP_TEXT] == ["replaced"]
+    await new.send_frame(OP_TEXT, b'{"type":"KeepAlive"}')
+    op, payload = await new.recv_message()
+    assert (op, payload) == (OP_TEXT, b'{"type":"KeepAlive"}')  # the new session works
+    for client in (old, new):
+        await client.aclose()
+
+
+async def test_max_session_seconds_on_the_translator(gateway_factory, openai_sim):
+    gw = await gateway_factory(env=gateway_env(openai_sim, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_TOKEN_SECRET=SECRET))
+    token = await mint(gw, max_session_seconds=1)
+    client = await RawClient.connect(gw.port, f"/openai?token={token}")
+    assert client.status == 101
+    started = trio.current_time()
+    messages, code = await read_until_close(client, timeout=5)
+    assert code == 1008 and 0.9 < trio.current_time() - started < 3
+    errors = [json.loads(p) for op, p in messages if op == OP_TEXT and json.loads(p).get("type") == "Error"]
+    assert errors[-1]["code"] == "budget_exhausted"
+    await client.aclose()
+
+
+async def test_max_audio_seconds_mid_session_then_429(gateway_factory, deepgram_sim):
+    gw = await gateway_factory("--token-max-audio-seconds", "1", env=gateway_env(
+        None, deepgram_sim, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_CLIENT_TOKENS=TOKEN))
+    path = f"/deepgram-proxy/v1/listen?encoding=linear16&sample_rate=16000&token={TOKEN}"
+    client = await RawClient.connect(gw.port, path)
+    assert client.status == 101
+    for _ in range(15):  # 1.5 s of audio
+        await client.send_frame(OP_BIN, bytes(3200))
+    _, code = await read_until_close(client, timeout=5)
+    assert code == 1008
+    await client.aclose()
+    again = await RawClient.connect(gw.port, path)
+    assert again.status == 429
+    assert json.loads(await again.body())["limit"] == "max_audio_seconds"
+    await again.aclose()
+    assert "budget_exhausted" in gw.output and TOKEN not in gw.output
+
+
+async def test_max_tokens_on_the_raw_relay(gateway_factory, openai_sim):
+    gw = await gateway_factory(env=gateway_env(openai_sim, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_TOKEN_SECRET=SECRET))
+    token = await mint(gw, max_tokens=1)
+    client = await RawClient.connect(gw.port, "/openai/v1/realtime", subprotocols=["realtime", f"openai-insecure-api-key.{token}"])
+    assert client.status == 101
+    item = {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                                                         "content": [{"type": "input_text", "text": "hi"}]}}
+    await client.send_frame(OP_TEXT, json.dumps(item).encode())
+    await client.send_frame(OP_TEXT, b'{"type": "response.create"}')
+    messages, code = await read_until_close(client, timeout=8)
+    assert code == 1008
+    events = [json.loads(p) for op, p in messages if op == OP_TEXT]
+    types = [e["type"] for e in events]
+    assert "response.done" in types
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "budget_exhausted"
+    await client.aclose()
+    again = await RawClient.connect(gw.port, "/openai/v1/realtime", subprotocols=["realtime", f"openai-insecure-api-key.{token}"])
+    assert again.status == 429 and json.loads(await again.body())["limit"] == "max_tokens"
+    await again.aclose()
