@@ -260,3 +260,43 @@ async def test_max_tokens_on_the_raw_relay(gateway_factory, openai_sim):
     again = await RawClient.connect(gw.port, "/openai/v1/realtime", subprotocols=["realtime", f"openai-insecure-api-key.{token}"])
     assert again.status == 429 and json.loads(await again.body())["limit"] == "max_tokens"
     await again.aclose()
+
+
+# --- OpenAI-style client secrets ---------------------------------------------------------------
+
+
+async def test_client_secrets_with_the_openai_sdk(gateway_factory, openai_sim, deepgram_sim):
+    import time
+
+    import openai
+    import trio_websocket as tws
+
+    gw = await gateway_factory(env=gateway_env(openai_sim, deepgram_sim, VOXGATE_ADMIN_TOKEN=ADMIN,
+                                               VOXGATE_TOKEN_SECRET=SECRET))
+
+    def create(api_key: str):
+        client = openai.OpenAI(api_key=api_key, base_url=gw.url("/v1", "http"), max_retries=0)
+        return client.realtime.client_secrets.create(
+            expires_after={"anchor": "created_at", "seconds": 300},
+            session={"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief."},
+        )
+
+    secret = await trio.to_thread.run_sync(create, ADMIN)
+    assert secret.value.startswith("vg1.")
+    assert time.time() + 250 < secret.expires_at <= time.time() + 301
+    assert secret.session.type == "realtime" and secret.session.instructions == "Be brief."
+    with pytest.raises(openai.AuthenticationError):
+        await trio.to_thread.run_sync(create, "not-the-admin-token")
+    # the browser offers it as its key subprotocol, as it would to OpenAI
+    offered = ["realtime", f"openai-insecure-api-key.{secret.value}"]
+    async with tws.open_websocket_url(gw.url("/openai/v1/realtime?model=gpt-realtime"), subprotocols=offered) as ws:
+        with trio.fail_after(5):
+            assert json.loads(await ws.get_message())["type"] == "session.created"
+        [entry] = await wait_sessions(gw, lambda s: len(s) == 1)
+        assert entry["token_label"] == "client_secret"
+    record = openai_sim.connections[-1]
+    assert not any(secret.value in v for _, v in record.headers) and secret.value not in record.subprotocols
+    deepgram = await RawClient.connect(gw.port, f"/deepgram-proxy?token={secret.value}")
+    assert deepgram.status == 401  # an OpenAI key opens OpenAI sessions only
+    await deepgram.aclose()
+    assert secret.value[4:20] not in gw.output
