@@ -36,6 +36,7 @@ class Metrics:
         self.rejections = Counter("voxgate_admission_rejections", "Upgrades refused before 101", ["reason"], registry=r)
         self.restarts = Counter("voxgate_worker_restarts", "Worker restarts", ["provider"], registry=r)
         self.workers = Gauge("voxgate_workers", "Workers by state", ["provider", "state"], registry=r)
+        self.ready = Gauge("voxgate_ready", "1 when the provider takes new sessions (as /readyz)", ["provider"], registry=r)
         self.usage_audio = Counter(
             "voxgate_usage_audio_seconds", "Audio seconds metered (up = client to provider)",
             ["provider", "route", "direction"], registry=r,
@@ -94,11 +95,12 @@ class Metrics:
         for seconds in stats.get("connect_seconds", []):
             self.connect_latency.labels(provider).observe(seconds)
 
-    def render(self, pools: dict) -> bytes:
+    def render(self, pools: dict, draining: bool = False) -> bytes:
         """Text exposition, with gauges refreshed from the live pools."""
         self.sessions_active.clear()
         self.workers.clear()
         for provider, pool in pools.items():
+            self.ready.labels(provider).set(0 if draining or not pool.ready_workers() else 1)
             per_route: dict[str, int] = {}
             states: dict[str, int] = {}
             for worker in pool.workers():

@@ -299,7 +299,7 @@ class Supervisor:
             return response(status, body, tls=self.tls)
         if endpoint == "metrics":
             return response(
-                200, self.metrics.render(self.pools), tls=self.tls, content_type=metrics.CONTENT_TYPE
+                200, self.metrics.render(self.pools, self.draining), tls=self.tls, content_type=metrics.CONTENT_TYPE
             )
         return response(404, "Not Found", tls=self.tls)
 
