@@ -413,3 +413,71 @@ def test_bad_policy_file_is_one_line_exit_2(tmp_path, content, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+async def test_fragmented_session_update_is_still_pinned(gateway_factory, echo, tmp_path):
+    from tests.support.rawws import OP_CONT
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"paths": {"/openai/v1/realtime": {"voice": "cedar"}}}))
+    gw = await gateway_factory("--session-policy", str(policy), env=echo_env(echo))
+    client = await RawClient.connect(gw.port, "/openai/v1/realtime")
+    assert client.status == 101
+    update = json.dumps({"type": "session.update", "session": {"voice": "alloy", "instructions": "x" * 300}}).encode()
+    await client.send_frame(OP_TEXT, update[:100], fin=False)
+    await client.send_frame(OP_CONT, update[100:200], fin=False)
+    await client.send_frame(OP_CONT, update[200:])
+    await client.send_frame(OP_BIN, b"\x01\x02")  # binary is never inspected
+    await echo.wait_for(lambda: echo.conns and len(echo.conns[-1].received) >= 3)
+    first, pinned, binary = echo.conns[-1].received[:3]
+    assert json.loads(first)["session"]["audio"]["output"]["voice"] == "cedar"  # the gateway's own pin
+    assert json.loads(pinned)["session"] == {"voice": "cedar", "instructions": "x" * 300}
+    assert binary == b"\x01\x02"
+    await client.aclose()
+
+
+# --- voxgate sessions CLI ----------------------------------------------------------------------
+
+
+async def test_sessions_cli_list_and_kill(gateway_factory, echo):
+    from tests.support.gateway import base_env, run_cli
+
+    gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_CLIENT_TOKENS=f"kiosk:{TOKEN}"))
+    env = base_env(VOXGATE_URL=gw.url("", "http"), VOXGATE_ADMIN_TOKEN=ADMIN)
+
+    async def cli(*args: str, environ: dict = env):
+        return await trio.to_thread.run_sync(lambda: run_cli("sessions", *args, env=environ))
+
+    clients = [await RawClient.connect(gw.port, f"/deepgram-proxy?token={TOKEN}") for _ in range(2)]
+    sessions = await wait_sessions(gw, lambda s: len(s) == 2)
+    listed = await cli("list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows, total = listed.stdout.strip().splitlines()
+    assert header.split()[:3] == ["ID", "PROVIDER", "ROUTE"] and total == "2 live session(s)"
+    assert {row.split()[0] for row in rows} == {s["id"] for s in sessions}
+    assert all("kiosk" in row and "deepgram" in row for row in rows)
+    as_json = await cli("list", "--json", "--route", "agent")
+    assert len(json.loads(as_json.stdout)["sessions"]) == 2
+    killed = await cli("kill", sessions[0]["id"])
+    assert killed.returncode == 0 and killed.stdout.strip() == f"ended 1 session(s): {sessions[0]['id']}"
+    _, code = await read_until_close(clients[0])
+    assert code == 1008
+    killed = await cli("kill", "--client-ip", "127.0.0.1")
+    assert killed.returncode == 0 and killed.stdout.startswith("ended 1 session(s)")
+    _, code = await read_until_close(clients[1])
+    assert code == 1008
+    # errors: one line, exit 2 for usage, 1 when the gateway says no or is unreachable
+    for args, environ, rc, text in (
+        (("list",), base_env(VOXGATE_URL=gw.url("", "http")), 2, "--admin-token"),
+        (("kill",), env, 2, "give a session ID"),
+        (("kill", "zz-not-hex"), env, 2, "not a session id"),
+        (("kill", "0123456789abcdef"), env, 1, "404"),
+        (("list",), base_env(VOXGATE_URL=gw.url("", "http"), VOXGATE_ADMIN_TOKEN="wrong"), 1, "401"),
+        (("list",), base_env(VOXGATE_URL="http://127.0.0.1:9", VOXGATE_ADMIN_TOKEN=ADMIN), 1, "cannot reach"),
+    ):
+        result = await cli(*args, environ=environ)
+        assert result.returncode == rc, (args, result.stdout, result.stderr)
+        assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.stderr and ADMIN not in result.stderr
+    for client in clients:
+        await client.aclose()
