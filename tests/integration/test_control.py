@@ -63,20 +63,6 @@ async def read_until_close(client: RawClient, timeout: float = 5.0) -> tuple[lis
             messages.append((op, payload))
 
 
-def text_types(messages: list[tuple[int, bytes]]) -> list[tuple[str, str | None]]:
-    out = []
-    for op, payload in messages:
-        if op == OP_TEXT:
-            try:
-                msg = json.loads(payload)
-            except ValueError:
-                continue
-            if isinstance(msg, dict):
-                code = msg.get("code") or (msg.get("error") or {}).get("code") if isinstance(msg.get("error"), dict) or "code" in msg else None
-                out.append((msg.get("type"), code))
-    return out
-
-
 async def test_admin_api_needs_the_admin_token(gateway_factory, echo):
     gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN))
     for method, path in (("GET", "/v1/sessions"), ("DELETE", "/v1/sessions/abc"), ("DELETE", "/v1/sessions?client_ip=1")):
@@ -108,7 +94,7 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
         clients[path] = client
     sessions = await wait_sessions(gw, lambda s: len(s) == 4)
     by_route = {s["route"]: s for s in sessions}
-    for path, (provider, route) in paths.items():
+    for provider, route in paths.values():
         entry = by_route[route]
         assert entry["provider"] == provider
         assert entry["client_ip"] == "127.0.0.1" and entry["origin"] == "https://app.example"
