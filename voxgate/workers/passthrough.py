@@ -15,6 +15,7 @@ import trio
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.frames import OP_TEXT, MaskKeys, build_frame
 from voxgate.workers.handshake import open_upstream
+from voxgate.workers.keyscrub import KeyScrubber
 from voxgate.workers.runtime import Session
 from voxgate.workers.splice import (
     ClientObserver,
@@ -47,6 +48,7 @@ class UpstreamProfile:
     keepalive: tuple[float, bytes] | None = None
     idle_timeout: float | None = None
     extra: dict = field(default_factory=dict)
+    secret: str | None = None  # the provider key sent upstream: masked in what comes back
 
 
 def strip_params(query: list[tuple[str, str]], drop: frozenset[str] | set[str]) -> list[tuple[str, str]]:
@@ -127,6 +129,7 @@ async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
         upstream_observer=profile.observer,
         client_observer=profile.client_observer,
         stop_reason=lambda: session.stop_reason,
+        scrubber=KeyScrubber.for_secret(profile.secret),
     )
     stats = SpliceStats()
     session.usage.meter(lambda: stats.binary_up, lambda: stats.binary_down, *profile.audio_rates)

@@ -154,10 +154,15 @@ class Worker:
                     msg = await channel.receive()
                     kind = msg.header.get("t")
                     if kind == "conn" and msg.fd is not None:
+                        # Say at once whether we took the socket: until then the supervisor
+                        # keeps its copy, so a socket never dies unanswered with a worker.
+                        sid = msg.header.get("sid", "")
                         if self.draining:
                             os.close(msg.fd)
+                            await channel.send({"t": "refused", "sid": sid})
                             continue
                         nursery.start_soon(self._session, channel, msg.header, msg.payload, msg.fd)
+                        await channel.send({"t": "took", "sid": sid})
                     elif kind == "drain":
                         nursery.start_soon(self.drain, float(msg.header.get("grace", self.config.grace)))
                     elif kind == "stop":

@@ -78,6 +78,7 @@ from voxgate.workers.frames import (
     parse_server_data_header,
     xor_mask_at,
 )
+from voxgate.workers.keyscrub import PIECE, KeyScrubber, generic_close_reason
 
 __all__ = ["ClientObserver", "SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
@@ -140,6 +141,8 @@ class SplicePolicy:
     client_observer: ClientObserver | None = None
     # why `shutdown` was set (a LIMIT_CLIENT_CODES key); default "shutting_down"
     stop_reason: Callable[[], str] | None = None
+    # Masks the provider key in upstream text payloads and close reasons (keyscrub.py).
+    scrubber: KeyScrubber | None = None
 
 
 @dataclass
@@ -340,6 +343,8 @@ class _Splice:
         self.d_fin = False
         self.d_msg_op: int | None = None
         self.d_obs: bytearray | None = None
+        self.scrub = policy.scrubber
+        self.d_scrub_ctx = b""  # last key-piece context of the text message being forwarded
         self.d_tail = b""  # incomplete header / control frame
         self.d_lock_held = False
         self.d_sending = False
@@ -811,6 +816,10 @@ class _Splice:
                 inject = self._limit_frames(limit)
                 self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(limit, 1000), limit)
             await self._close_leg(c, LIMIT_CLIENT_CODES[limit], limit, inject)
+            # Refused from its header: the payload is never read, not even to drain it
+            # (issue 16 §6); TCP is closed once our close frame is out.
+            c.dead()
+            return
         # The rest of the client's byte stream cannot be parsed any more.
         if c.out_closed and not c.in_closed:
             await self._drain(c)
@@ -919,6 +928,10 @@ class _Splice:
             if fast is not None and fast[2] + fast[1] == len(data) and fast[0] in _WHOLE_MESSAGE_B0:
                 # The usual realtime read: exactly one whole unfragmented message.
                 observer = self.observer
+                if fast[0] == 0x81 and self.scrub is not None:
+                    masked = self.scrub.mask(memoryview(data)[fast[2] :])
+                    if masked is not None:
+                        data = data[: fast[2]] + masked
                 if observer is None or fast[0] == 0x82:
                     if observer is not None:
                         observer.observe_binary()
@@ -945,6 +958,8 @@ class _Splice:
                     take = rem
                 if run < 0:
                     run = pos
+                if self.scrub is not None and self.d_msg_op == OP_TEXT:
+                    data, mv = self._scrub_text(data, mv, pos, pos + take)
                 if obs is not None:
                     if len(obs) + take <= MAX_OBSERVED_TEXT:
                         obs += mv[pos : pos + take]
@@ -1007,6 +1022,7 @@ class _Splice:
                 continue  # OP_PONG: dropped (P16)
             if op != OP_CONT:
                 self.d_msg_op = op
+                self.d_scrub_ctx = b""
                 if op == OP_TEXT and observer is not None and observer.wants_text:
                     obs = self.d_obs = bytearray()
             if self.d_msg_op == OP_BINARY:
@@ -1028,6 +1044,21 @@ class _Splice:
         if run >= 0 and pos > run:
             out.append(data if run == 0 and pos == n else mv[run:pos])
         return out, ctrl, None
+
+    def _scrub_text(self, data: bytes | bytearray, mv: memoryview, start: int, end: int) -> tuple[bytes | bytearray, memoryview]:
+        """Mask key pieces in the text payload bytes data[start:end] (keyscrub.py); copies
+        `data` only when it holds one. Returns the (possibly new) data and its view."""
+        assert self.scrub is not None
+        segment = mv[start:end]
+        masked = self.scrub.mask(segment, self.d_scrub_ctx)
+        keep = PIECE - 1
+        self.d_scrub_ctx = bytes(segment[-keep:]) if len(segment) >= keep else (self.d_scrub_ctx + segment)[-keep:]
+        if masked is not None:
+            if type(data) is not bytearray:
+                data = bytearray(data)
+                mv = memoryview(data)
+            mv[start:end] = masked
+        return data, mv
 
     def _observe(self, out: list, mv: memoryview, run: int, pos: int, obs: bytearray) -> tuple[int, None]:
         """A complete upstream text message was observed: inject the observer's frames right
@@ -1099,7 +1130,8 @@ class _Splice:
                 up.check()
                 return
             self._end("upstream_closed")
-            self._spawn_close(self.c, map_close_code(code, toward="client"), safe_reason(reason))
+            to_client = map_close_code(code, toward="client")
+            self._spawn_close(self.c, to_client, generic_close_reason(to_client, reason, self.scrub))
             await self._close_leg(up, code, "")
             return
         # protocol error from the upstream: 1002 toward it, 1011 toward the client

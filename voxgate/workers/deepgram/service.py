@@ -128,4 +128,5 @@ def profile_for(session: Session) -> UpstreamProfile:
         audio_rates=rates,
         keepalive=keepalive,
         idle_timeout=config.idle_timeout if kind != "listen" else None,
+        secret=config.deepgram_key,
     )

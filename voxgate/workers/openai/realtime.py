@@ -134,4 +134,5 @@ def profile_for(session: Session) -> UpstreamProfile:
         client_observer=policy,
         first_frames=[first] if first else [],
         idle_timeout=config.idle_timeout,
+        secret=config.openai_key,
     )
