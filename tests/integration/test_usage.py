@@ -154,7 +154,7 @@ async def test_raw_relay_tokens_with_the_sdk(gw, openai_sim):
     tokens = reported_tokens(done)
     assert tokens == reported_tokens(openai_sim.connections[-1].sent_json())
     with trio.fail_after(5):
-        while "route=realtime" not in gw.output:
+        while not re.search(r"session closed.* route=realtime", gw.output):
             await trio.sleep(0.05)
     line = close_line(gw, "realtime")
     assert f"tokens_in={tokens['input']}" in line and f"tokens_out={tokens['output']}" in line
