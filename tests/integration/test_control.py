@@ -85,6 +85,7 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
         "/deepgram-proxy/v1/listen?encoding=linear16&sample_rate=16000": ("deepgram", "listen"),
         "/deepgram-proxy/v1/speak": ("deepgram", "speak"),
         "/openai/v1/realtime": ("openai", "realtime"),
+        "/openai": ("openai", "translate"),
     }
     clients = {}
     for path in paths:
@@ -92,7 +93,7 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
                                          headers=auth)
         assert client.status == 101
         clients[path] = client
-    sessions = await wait_sessions(gw, lambda s: len(s) == 4)
+    sessions = await wait_sessions(gw, lambda s: len(s) == 5)
     by_route = {s["route"]: s for s in sessions}
     for provider, route in paths.values():
         entry = by_route[route]
@@ -103,7 +104,8 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
     assert TOKEN not in json.dumps(sessions)
     assert {s["route"] for s in await wait_sessions(gw, bool, "?provider=deepgram")} == {"agent", "listen", "speak"}
     assert [s["route"] for s in await wait_sessions(gw, bool, "?route=realtime")] == ["realtime"]
-    assert len(await wait_sessions(gw, bool, "?token_label=kiosk&client_ip=127.0.0.1")) == 4
+    assert [s["route"] for s in await wait_sessions(gw, bool, "?route=openai.translate")] == ["translate"]
+    assert len(await wait_sessions(gw, bool, "?token_label=kiosk&client_ip=127.0.0.1")) == 5
     assert await wait_sessions(gw, lambda s: True, "?token_label=other") == []
 
     # traffic shows while the session runs
@@ -123,12 +125,16 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
     assert errors and errors[-1]["code"] == "terminated"
     await echo.wait_for(lambda: all(c.closed.is_set() for c in echo.conns if c.path.endswith("/agent/converse")))
 
-    # the raw relay hears an OpenAI error event, then 1008
+    # the raw relay hears an OpenAI error event, the translator an Error; then 1008
     status, body = await admin(gw, "DELETE", "/v1/sessions?provider=openai")
-    assert status == 200 and body["ended"] == 1
+    assert status == 200 and body["ended"] == 2
     messages, code = await read_until_close(clients["/openai/v1/realtime"])
     assert code == 1008
     assert any(json.loads(p).get("error", {}).get("code") == "terminated" for op, p in messages if op == OP_TEXT)
+    messages, code = await read_until_close(clients["/openai"])
+    assert code == 1008
+    events = [json.loads(p) for op, p in messages if op == OP_TEXT]
+    assert events[0]["type"] == "Welcome" and events[-1] == {**events[-1], "type": "Error", "code": "terminated"}
 
     # every match by client ip: listen and speak close with 1008
     status, body = await admin(gw, "DELETE", "/v1/sessions?client_ip=127.0.0.1")
@@ -138,7 +144,7 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
         assert code == 1008
     await wait_sessions(gw, lambda s: s == [])
     metrics = (await trio.to_thread.run_sync(lambda: gw.http("/metrics")))[2].decode()
-    assert 'voxgate_sessions_stopped_total{reason="terminated"} 4.0' in metrics
+    assert 'voxgate_sessions_stopped_total{reason="terminated"} 5.0' in metrics
     for client in clients.values():
         await client.aclose()
 

@@ -117,8 +117,11 @@ class UpstreamObserver(Protocol):
 
 
 class ClientObserver(Protocol):
-    """Sees every complete client TEXT message (binary frames never): may replace it and
-    answer the client. Messages a fragmenting client sends are joined into one frame."""
+    """Sees every complete client TEXT message (binary frames never) and may answer the
+    client. An observer that `rewrites` may also replace messages: a fragmented message is
+    then joined into one frame; otherwise fragments stay fragments."""
+
+    rewrites: bool
 
     def observe_client_text(self, payload: bytes) -> tuple[bytes | None, list[bytes]]:
         """(replacement payload, or None to forward it unchanged; TEXT payloads for the client)."""
@@ -662,7 +665,8 @@ class _Splice:
                     self.c_msg_size = total
                 if msg_op == OP_BINARY:
                     stats.binary_up += ln
-                if msg_op == OP_TEXT and self.c_observer is not None:
+                observer = self.c_observer
+                if msg_op == OP_TEXT and observer is not None and (observer.rewrites or self.c_obs is None and b0 & 0x80):
                     part = xor_mask_at(work, start, fend, cmask) if ln else b""
                     if b0 & 0x80:
                         whole = part if self.c_obs is None else bytes(self.c_obs + part)
@@ -672,6 +676,14 @@ class _Splice:
                         self.c_obs = (self.c_obs or bytearray()) + part
                         frame = b""
                 else:
+                    if msg_op == OP_TEXT and observer is not None:  # fragments of a watched message
+                        part = xor_mask_at(work, start, fend, cmask) if ln else b""
+                        if b0 & 0x80:
+                            whole = part if self.c_obs is None else bytes(self.c_obs + part)
+                            self.c_obs = None
+                            self.client_inject.extend(observer.observe_client_text(whole)[1])
+                        else:
+                            self.c_obs = (self.c_obs or bytearray()) + part
                     # Re-mask with a fresh gateway key in one pass: the payload is masked with
                     # the client's key, so XOR with (client key ^ gateway key).
                     key = keys.next32()

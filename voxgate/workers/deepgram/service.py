@@ -78,6 +78,8 @@ class ClientMeter:
     """Client TEXT messages that carry usage facts: the agent's `Settings` (audio formats) and
     speak's `Speak` (characters). A substring test skips every other message undecoded."""
 
+    rewrites = False
+
     def __init__(self, usage: Usage, kind: str) -> None:
         self.usage = usage
         self.marker = b'"Settings"' if kind == "agent" else b'"Speak"'

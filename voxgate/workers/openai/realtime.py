@@ -71,6 +71,8 @@ class SessionUpdatePolicy:
     `session.update` (the only client messages it decodes) and answers each field the client
     tried to change with an `error` event."""
 
+    rewrites = True
+
     def __init__(self, rules: dict) -> None:
         self.rules = rules
 
