@@ -107,7 +107,7 @@ GATEWAY_OPTIONS: list[Callable] = [
                  help="Origin allowed to open sessions (repeatable; env: comma-separated). Unset: any origin."),
     click.option("--client-token", "client_tokens", envvar="VOXGATE_CLIENT_TOKENS", multiple=True,
                  callback=lambda ctx, param, value: _split_list(value),
-                 help="Static client token (repeatable; env: comma-separated). Any set: every session needs one."),
+                 help="Static client token, optionally `label:token` (repeatable; env: comma-separated). Any set: every session needs one."),
     click.option("--token-secret", envvar="VOXGATE_TOKEN_SECRET", default=None,
                  help="HMAC secret for short-lived signed tokens minted by POST /v1/tokens."),
     click.option("--admin-token", envvar="VOXGATE_ADMIN_TOKEN", default=None,
