@@ -20,10 +20,13 @@ from tests.stress.test_hostile import (
     echo_url,
     env_for,
     expect_close,
+    fd_count,
     http_get,
     ready,
+    rss_mb,
     worker_pid,
 )
+from tests.support.deepgram_helpers import RawUpstream
 from tests.support.gateway import kill_if_alive
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT, RawClient
 
@@ -198,3 +201,63 @@ async def test_a_50_mib_message_is_refused_from_its_header(gateway_factory, open
     # read at most what was already in flight, never the 50 MiB.
     assert read_bytes(pid) - before < 8 << 20, (read_bytes(pid) - before, sent)
     assert await worker_pid(gw, "openai") == pid
+
+
+# --- sizes from the adversarial runs ---------------------------------------------------------
+
+
+async def test_a_thousand_idle_connections_get_408_and_every_fd_comes_back(gateway_factory, echo):
+    gw = await gateway_factory("--head-timeout", "1", env=env_for(echo_url(echo), echo_url(echo)))
+    fds = fd_count(gw.pid)
+    answers: list[bytes] = []
+
+    async def idle() -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+        data = bytearray()
+        try:
+            while chunk := await stream.receive_some(4096):
+                data += chunk
+        except trio.BrokenResourceError:
+            pass
+        answers.append(bytes(data))
+        await stream.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for i in range(1000):
+                nursery.start_soon(idle)
+                if i % 100 == 99:
+                    await trio.sleep(0)  # let the listener keep up with the connects
+            await echo_round_trip(gw, n=20)  # a real session meanwhile
+    assert len(answers) == 1000
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
+    with trio.fail_after(5):
+        while fd_count(gw.pid) > fds + 3:
+            await trio.sleep(0.05)
+    await echo_round_trip(gw)
+
+
+async def test_a_client_that_never_reads_keeps_worker_memory_bounded(gateway_factory, nursery):
+    """The upstream streams audio as fast as it can to a client that never reads: the worker
+    stops reading the upstream (backpressure) instead of buffering it."""
+    up = RawUpstream()
+    port = await nursery.start(up.serve)
+    gw = await gateway_factory(env=env_for(f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"))
+    pid = await worker_pid(gw, "deepgram")
+    client = await RawClient.connect(gw.port, "/deepgram-proxy/v1/speak")
+    assert client.status == 101
+    conn = await up.wait_conn(0)
+    before = rss_mb(pid)
+    sent = 0
+    chunk = bytes(64 << 10)
+    with trio.move_on_after(3):  # the upstream blocks once every buffer on the way is full
+        while sent < 200 << 20:
+            await conn.send(OP_BIN, chunk)
+            sent += len(chunk)
+    growth = rss_mb(pid) - before
+    assert sent < 32 << 20, sent >> 20  # backpressure reached the upstream
+    assert growth < 32, growth
+    await client.aclose()
+    with trio.fail_after(10):
+        await conn.closed.wait()
+    assert await worker_pid(gw, "deepgram") == pid

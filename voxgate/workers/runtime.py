@@ -263,7 +263,8 @@ class Worker:
                 self._idle = trio.Event()
                 session.summary["duration"] = round(trio.current_time() - started, 3)
                 report = session.report()
-                log.info("session closed", route=route, **session.summary, **usage_fields(report["usage"]))
+                log.info("session closed", route=route, **session.summary, **usage_fields(report["usage"]),
+                         suppressed=log.suppressed() or None)
                 await self._ended(channel, sid, route, report)
 
     async def _ended(self, channel: Channel, sid: str, route: str, report: dict[str, Any]) -> None:

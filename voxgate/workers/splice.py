@@ -79,6 +79,7 @@ from voxgate.workers.frames import (
     xor_mask_at,
 )
 from voxgate.workers.keyscrub import PIECE, KeyScrubber, generic_close_reason
+from voxgate.workers.limits import LIMITS
 
 __all__ = ["ClientObserver", "SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
@@ -87,17 +88,7 @@ RECV_SIZE = 65536
 MAX_OBSERVED_TEXT = 1 << 20  # larger upstream text messages are forwarded but not observed
 MAX_QUEUED_CONTROL = 64 * 1024  # control bytes queued for a busy leg before its pump waits
 
-LIMIT_CLIENT_CODES = {
-    "message_too_large": 1009,
-    "idle_timeout": 1000,
-    "session_max_duration": 1000,
-    "shutting_down": 1001,
-    # operator actions (issue 11): a policy violation as far as the client is concerned
-    "terminated": 1008,
-    "budget_exhausted": 1008,
-    "replaced": 1008,
-}
-LIMIT_UPSTREAM_CODES = {"shutting_down": 1001}  # others: 1000
+
 
 _Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
 _WHOLE_MESSAGE_B0 = frozenset((0x80 | OP_TEXT, 0x80 | OP_BINARY))  # FIN + TEXT / BINARY
@@ -142,7 +133,7 @@ class SplicePolicy:
     on_limit: Callable[[str], list[bytes]] | None = None
     upstream_observer: UpstreamObserver | None = None
     client_observer: ClientObserver | None = None
-    # why `shutdown` was set (a LIMIT_CLIENT_CODES key); default "shutting_down"
+    # why `shutdown` was set (a limits.LIMITS code); default "shutting_down"
     stop_reason: Callable[[], str] | None = None
     # Masks the provider key in upstream text payloads and close reasons (keyscrub.py).
     scrubber: KeyScrubber | None = None
@@ -465,8 +456,9 @@ class _Splice:
         """A gateway limit ends the session: on_limit frames, then the limit's close codes."""
         if not self._end("limit:" + code):
             return
-        self._spawn_close(self.c, LIMIT_CLIENT_CODES[code], code, self._limit_frames(code))
-        self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(code, 1000), code)
+        limit = LIMITS[code]
+        self._spawn_close(self.c, limit.client_close, code, self._limit_frames(code))
+        self._spawn_close(self.up, limit.upstream_close, code)
 
     async def _drain(self, leg: _Leg) -> None:
         """After failing a leg (its byte stream can no longer be parsed): let the peer see
@@ -826,8 +818,8 @@ class _Splice:
             inject = None
             if self._end("limit:" + limit):
                 inject = self._limit_frames(limit)
-                self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(limit, 1000), limit)
-            await self._close_leg(c, LIMIT_CLIENT_CODES[limit], limit, inject)
+                self._spawn_close(self.up, LIMITS[limit].upstream_close, limit)
+            await self._close_leg(c, LIMITS[limit].client_close, limit, inject)
             # Refused from its header: the payload is never read, not even to drain it
             # (issue 16 §6); TCP is closed once our close frame is out.
             c.dead()
@@ -1161,7 +1153,7 @@ class _Splice:
         assert self.shutdown is not None
         await self.shutdown.wait()
         reason = self.policy.stop_reason() if self.policy.stop_reason else "shutting_down"
-        self._limit(reason if reason in LIMIT_CLIENT_CODES else "shutting_down")
+        self._limit(reason if reason in LIMITS else "shutting_down")
 
     async def _timers(self) -> None:
         """Idle timeout, session cap and the client keepalive, from one sleeping task; the

@@ -14,6 +14,7 @@ import orjson
 from voxgate.config import Config
 from voxgate.policy import apply_policy, pinned_message, rules_for
 from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.limits import limit_for
 from voxgate.workers.passthrough import (
     GATEWAY_PARAMS,
     UpstreamProfile,
@@ -55,15 +56,13 @@ def failure_payloads(err: UpstreamConnectError) -> list[bytes]:
     return [openai_error("upstream_unavailable", f"The provider could not be reached{detail}.")]
 
 
-LIMIT_MESSAGES = {
-    "terminated": "Session ended by the gateway operator.",
-    "budget_exhausted": "The client's usage budget is exhausted.",
-    "replaced": "Session replaced by a newer session of the same client.",
-}
+OPERATOR_LIMITS = frozenset({"terminated", "budget_exhausted", "replaced"})  # say why (issue 11)
 
 
 def limit_payloads(code: str) -> list[bytes]:
-    return [openai_error(code, LIMIT_MESSAGES.get(code, "Session closed by the gateway."))]
+    limit = limit_for(code)
+    message = limit.description if limit.code in OPERATOR_LIMITS else "Session closed by the gateway."
+    return [openai_error(code, message)]
 
 
 class SessionUpdatePolicy:
