@@ -42,7 +42,9 @@ HANDOFF_ATTEMPTS = 3
 SESSIONS_PATH = "/v1/sessions"
 CLIENT_SECRETS_PATH = "/v1/realtime/client_secrets"
 CLIENT_SECRET_TTL_DEFAULT = 600  # OpenAI's default for client secrets
-STOP_REASONS = ("terminated", "budget_exhausted", "replaced")
+MAX_POST_BODY = 64 << 10
+"""A POST body is read whole before the hand-off (token requests; WebRTC SDP offers, which
+with a session configuration run to a few KiB)."""
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -300,6 +302,8 @@ class Supervisor:
         if head.method == "POST" and path == CLIENT_SECRETS_PATH:
             return self.client_secret(head)
         if head.method not in ("GET", "HEAD") or endpoint is None:
+            if self.router.http_route("POST", path) is not None:
+                return response(405, "Method Not Allowed", headers=[("Allow", "POST, OPTIONS")], tls=self.tls)
             if self.router.websocket_route(path, []) is not None and head.method == "GET":
                 return response(426, "Upgrade Required", headers=[("Upgrade", "websocket")], tls=self.tls)
             return response(404, "Not Found", tls=self.tls)
@@ -351,20 +355,24 @@ class Supervisor:
         """Answer or hand off; returns the stream now owned by a worker's end, or None."""
         try:
             head = await read_head(
-                stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout, max_body=8192
+                stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout,
+                max_body=MAX_POST_BODY,
             )
         except HeadError as exc:
             self.log.info("request rejected", status=exc.status, reason=exc.detail)
             await self._send(stream, response(exc.status, tls=self.tls))
             return None
         path, query = split_target(head.target)
-        if not head.is_websocket:
-            if path == SESSIONS_PATH or path.startswith(SESSIONS_PATH + "/"):
-                await self._send(stream, await self.sessions_api(head, path, query))
-            else:
-                await self._send(stream, self.http_answer(head, path))
+        if head.is_websocket:
+            route = self.router.websocket_route(path, query)
+        elif path == SESSIONS_PATH or path.startswith(SESSIONS_PATH + "/"):
+            await self._send(stream, await self.sessions_api(head, path, query))
             return None
-        route = self.router.websocket_route(path, query)
+        else:
+            route = self.router.http_route(head.method, path)  # admitted like any session
+            if route is None:
+                await self._send(stream, self.http_answer(head, path))
+                return None
         if route is None:
             await self._send(stream, response(404, "Not Found", tls=self.tls))
             return None
@@ -410,7 +418,7 @@ class Supervisor:
         trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
         header = {
             "t": "conn", "sid": sid, "route": route.kind, "peer": ip,
-            "head_len": head.head_len, "trace": trace[:128],
+            "head_len": head.head_len, "trace": trace[:128], "tls": self.tls,
         }
         if token is not None:
             header["label"] = token.label

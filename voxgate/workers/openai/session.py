@@ -50,6 +50,7 @@ from voxgate.workers.openai.translator import (
     SendClient,
     SendUpstream,
     Translator,
+    dialect_for_path,
 )
 from voxgate.workers.runtime import Session
 from voxgate.workers.sizeguard import SizeGuard
@@ -345,6 +346,7 @@ class TranslatorSession:
             json_passthrough=config.translator_json_passthrough,
             max_pending_bytes=config.max_message_bytes * 4,
             policy=rules_for(config.session_policy, session.route, session.token_label),
+            dialect=dialect_for_path(session.handshake.request.path),
         )
         self.max_pending = config.max_message_bytes * 4
         self.turn = _Turn()
