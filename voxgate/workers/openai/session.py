@@ -35,6 +35,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, TextMessage
 
+from voxgate.policy import rules_for
 from voxgate.workers.deepgram.service import choose_subprotocol
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.handshake import upstream_target
@@ -54,6 +55,7 @@ from voxgate.workers.openai.translator import (
 from voxgate.workers.runtime import Session
 from voxgate.workers.sizeguard import SizeGuard
 from voxgate.workers.streams import PrefixedStream
+from voxgate.workers.usage import bytes_per_second
 
 UPSTREAM_MAX_MESSAGE = 32 << 20
 UPSTREAM_ERRORS = (
@@ -343,6 +345,7 @@ class TranslatorSession:
             strict=config.translator_strict,
             json_passthrough=config.translator_json_passthrough,
             max_pending_bytes=config.max_message_bytes * 4,
+            policy=rules_for(config.session_policy, session.route, session.token_label),
             dialect=dialect_for_path(session.handshake.request.path),
         )
         self.max_pending = config.max_message_bytes * 4
@@ -360,6 +363,31 @@ class TranslatorSession:
         self.done = trio.Event()
         self.stats = {"frames_up": 0, "frames_down": 0, "bytes_up": 0, "bytes_down": 0}
         self.nursery: trio.Nursery | None = None
+        # usage: client audio in, audio to the client, tokens from every response.done
+        self.audio_in = 0
+        self.audio_out = 0
+        self._rates_declared = False
+        usage = session.usage
+        usage.meter(lambda: self.audio_in, lambda: self.audio_out, *self._rates())
+        self.core.on_usage = usage.add_response_usage
+
+    def _rates(self) -> tuple[float | None, float | None]:
+        """Bytes per second of the formats the core uses with the client now."""
+        core = self.core
+        fin, fout = core._input_format, core._output_format  # noqa: SLF001 - read-only
+        return bytes_per_second(fin.encoding, fin.sample_rate), bytes_per_second(fout.encoding, fout.sample_rate)
+
+    def _sync_rates(self) -> None:
+        """After a client text message (a Settings may have declared the formats)."""
+        usage = self.session.usage
+        up, down = self._rates()
+        assert usage.audio_up is not None and usage.audio_down is not None
+        # the one Settings the core honours declares the formats of all audio, also audio
+        # the client sent before it was processed
+        first = not self._rates_declared
+        self._rates_declared = self.core._forwarded  # noqa: SLF001 - read-only
+        usage.audio_up.set_rate(up, retroactive=first)
+        usage.audio_down.set_rate(down, retroactive=first)
 
     # -- running the core ---------------------------------------------------------------
 
@@ -436,6 +464,8 @@ class TranslatorSession:
                     await self.client.send_message(action.data)
                     self.stats["frames_down"] += 1
                     self.stats["bytes_down"] += len(action.data)
+                    if type(action.data) is bytes:
+                        self.audio_out += len(action.data)
                 except tws.ConnectionClosed:
                     self.client_closed = True
         elif kind is SendUpstream:
@@ -565,6 +595,7 @@ class TranslatorSession:
         self.session.summary["connect_ms"] = round(latency * 1000, 1)
         self.session.log.info("upstream connected", latency_ms=round(latency * 1000, 1))
         await self.feed(self.core.upstream_open)
+        self._sync_rates()  # a Settings queued until now was processed
         self.upstream_ready.set()
         self._progressed()
 
@@ -572,7 +603,12 @@ class TranslatorSession:
         """A client message, in the client reader task (never `TOO_LARGE`: that is queued)."""
         await self._client_backpressure()
         self.last_client_activity = trio.current_time()
-        await self.feed_inline(self.core.client_message, message)
+        if type(message) is bytes:
+            self.audio_in += len(message)
+            await self.feed_inline(self.core.client_message, message)
+        else:
+            await self.feed_inline(self.core.client_message, message)
+            self._sync_rates()
 
     async def _upstream_inline(self, message: str | bytes) -> None:
         """An upstream message, in the upstream reader task."""
@@ -601,7 +637,11 @@ class TranslatorSession:
                     await self.feed(self.core.gateway_limit, "message_too_large")
                     self.done.set()
                     return
+                if type(message) is bytes:
+                    self.audio_in += len(message)
                 await self.feed(self.core.client_message, message)
+                if type(message) is str:
+                    self._sync_rates()
             finally:
                 client.queued -= 1
 
@@ -644,7 +684,7 @@ class TranslatorSession:
             wake = min((d for d, _ in deadlines()), default=trio.current_time() + 3600)
             with trio.move_on_at(wake):
                 await self.session.shutdown.wait()
-                code = "shutting_down"
+                code = self.session.stop_reason
             if code is None:
                 now = trio.current_time()
                 code = next((c for d, c in deadlines() if d <= now), None)
