@@ -34,12 +34,16 @@ def test_page_files_have_types_and_security_headers(stack):
     for path in ("/demo/", "/demo/../config.py", "/index.html", "/demo/index.html", "/web/app.js"):
         assert gw.http(path)[0] == 404, path
     assert gw.http("/", method="POST")[0] == 404
+    # why this client's last upgrade was refused (none yet)
+    status, headers, body = gw.http("/demo/refusal")
+    assert (status, body) == (200, b"{}") and headers["Content-Type"].startswith("application/json")
 
 
 def test_page_is_off_by_default_in_serve():
     gw = start_gateway(env=base_env(OPENAI_API_KEY="sk-test-page-off-0123456789"), wait_ready=False)
     try:
         assert gw.http("/")[0] == 404
+        assert gw.http("/demo/refusal")[0] == 404
         assert "page http" not in gw.output
     finally:
         gw.stop()

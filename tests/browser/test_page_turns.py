@@ -69,8 +69,9 @@ def test_client_token_from_the_page(stack, browser):
     token = "page-token-0123456789abcdef"
     stack.start("--client-token", token)
     refused = browser.page("/?path=/deepgram-proxy&autoconnect=1&mic=0")
-    closed = wait_state(refused, "closed")
-    assert "refused" in closed["reason"]
+    closed = wait_for(lambda: "HTTP 401" in (s := wait_state(refused, "closed"))["reason"] and s,
+                      "the refusal's reason on the page")
+    assert "token_missing" in closed["reason"]
     assert stack.sims.records("deepgram") == []
 
     page = browser.page(f"/?path=/deepgram-proxy&autoconnect=1&mic=0&say=hi&token={token}")

@@ -34,7 +34,7 @@ from voxgate.supervisor.admission import (
 )
 from voxgate.supervisor.http import Head, HeadError, read_head, response
 from voxgate.supervisor.metrics import Metrics
-from voxgate.supervisor.page import PAGE_HEADERS, load_page
+from voxgate.supervisor.page import PAGE_HEADERS, REFUSAL_PATH, Refusals, load_page
 from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
 from voxgate.supervisor.sessions import Ledger, SessionRef, exhausted, parse_filters
 from voxgate.supervisor.workers import ProviderPool, Worker
@@ -107,6 +107,7 @@ class Supervisor:
             self.ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
         self.tls = self.ssl_context is not None
         self.page = load_page() if config.demo_page else {}
+        self.refusals = Refusals()
         self.port = config.port
         self.admission = Admission(
             AdmissionConfig(
@@ -291,7 +292,7 @@ class Supervisor:
         }
         return response(200, {"value": token, "expires_at": expires, "session": described}, tls=self.tls)
 
-    def http_answer(self, head: Head, path: str) -> bytes:
+    def http_answer(self, head: Head, path: str, ip: str = "") -> bytes:
         endpoint = HTTP_ENDPOINTS.get(path)
         only = None
         if endpoint is None and path.startswith(("/readyz/", "/ready/")):
@@ -299,6 +300,8 @@ class Supervisor:
             endpoint = "readyz" if only in KEY_VARS else None
         if head.method == "OPTIONS":
             return self.cors_preflight(head)
+        if head.method == "GET" and path == REFUSAL_PATH and self.page:
+            return response(200, self.refusals.recent(ip, trio.current_time()), headers=PAGE_HEADERS, tls=self.tls)
         if head.method in ("GET", "HEAD") and path in self.page:
             body, content_type = self.page[path]
             return response(200, body, headers=PAGE_HEADERS, tls=self.tls, content_type=content_type)
@@ -376,7 +379,7 @@ class Supervisor:
         else:
             route = self.router.http_route(head.method, path)  # admitted like any session
             if route is None:
-                await self._send(stream, self.http_answer(head, path))
+                await self._send(stream, self.http_answer(head, path, self.admission.client_ip(head, peer_ip)))
                 return None
         if route is None:
             await self._send(stream, response(404, "Not Found", tls=self.tls))
@@ -404,6 +407,8 @@ class Supervisor:
             self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason,
                           ip=ip, limit=getattr(rejection, "limit", None))
             await self._send(stream, response(rejection.status, rejection.body(), headers=rejection.headers(), tls=self.tls))
+            if self.page:
+                self.refusals.note(ip, rejection.status, rejection.body(), trio.current_time())
             return None
         return await self._hand_off(stream, head, route, pool, query, ip, token)
 

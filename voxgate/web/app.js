@@ -279,13 +279,14 @@ class Session {
 
   onClose(event) {
     if (this.keepalive) clearInterval(this.keepalive);
-    const reason = event.reason || (this.opened ? "" : "refused or unreachable (the browser does not say which)");
+    const reason = event.reason || (this.opened ? "" : "refused or unreachable");
     log(`closed ${event.code} ${reason}`);
     if (session !== this) return;  // replaced by a newer session already
     session = null;
     this.ready = false;
     stopMic();
     setState("closed", event.code, reason);
+    if (!this.opened) explainRefusal();
     const dropped = this.opened && !this.userClosed && event.code !== 1000;
     if (dropped && options.reconnect) scheduleReconnect(this.path);
   }
@@ -307,6 +308,22 @@ class Session {
     this.userClosed = true;
     if (this.keepalive) clearInterval(this.keepalive);
     if (this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, "client closed");
+  }
+}
+
+/** A refused upgrade reaches scripts as close 1006 with no reason; the gateway that served
+ * this page remembers why it refused this client, so ask it. */
+async function explainRefusal() {
+  try {
+    const answer = await (await fetch("/demo/refusal", { cache: "no-store" })).json();
+    if (answer.status && !session) {
+      const why = `refused: HTTP ${answer.status} ${answer.error || ""}: ${answer.message || ""}`;
+      setState("closed", 1006, why);
+      notice(why);
+      log(why);
+    }
+  } catch {
+    // the gateway is unreachable: "refused or unreachable" stays
   }
 }
 
