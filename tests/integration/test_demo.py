@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import trio
@@ -113,6 +114,10 @@ async def test_keep_running_serves_until_sigterm():
         assert "demo: all 7 paths worked" in text
         url = re.search(r"^\s+(ws://127\.0\.0\.1:\d+/openai)\s", text, re.M)
         assert url, text
+        page = re.search(r"^\s+(http://127\.0\.0\.1:\d+/)\s+browser page", text, re.M)
+        assert page, text
+        html = await trio.to_thread.run_sync(lambda: urllib.request.urlopen(page.group(1), timeout=5).read())
+        assert b'src="/demo/app.js"' in html  # the page the demo printed is served
         gw_pid = gateway_pid(text)
 
         # The printed URL works: a Voice Agent client is greeted by the translator.

@@ -94,6 +94,7 @@ async function ensureAudio() {
     audio.player.port.onmessage = (event) => {
       audio.played = event.data.played;
       setCount("played", audio.played);
+      $("played").dataset.runs = String(event.data.runs);
     };
     audio.player.connect(audio.ctx.destination);
   }
@@ -166,6 +167,7 @@ class Session {
     this.speaking = false;
     this.lastVoice = -Infinity;  // no voice yet (gate=1 sends nothing before the first)
     this.turnStart = null;         // end of user speech or a typed message, awaiting agent audio
+    this.replying = false;         // agent audio arriving: voice now is likely its echo
     this.queued = [];
     this.ws = new WebSocket(sessionUrl(location, path, { rate, token }));
     this.ws.binaryType = "arraybuffer";
@@ -228,7 +230,8 @@ class Session {
     if (rms > SPEECH_RMS) {
       this.speaking = true;
       this.lastVoice = now;
-      this.turnStart = now;  // moves with the voice; the last voiced frame is the end of speech
+      // the last voiced frame before the reply is the end of speech (not the agent's echo)
+      if (!this.replying) this.turnStart = now;
     } else if (this.speaking && now - this.lastVoice > SPEECH_END_MS) {
       this.speaking = false;
       log("end of user speech");
@@ -259,7 +262,11 @@ class Session {
     const line = transcriptLine(msg);
     if (line) addLine(line);
     if (msg.type === "SettingsApplied") this.becomeReady();
-    if (msg.type === "UserStartedSpeaking" && audio.player) audio.player.port.postMessage({ clear: true });
+    if (msg.type === "AgentAudioDone") this.replying = false;
+    if (msg.type === "UserStartedSpeaking") {
+      this.replying = false;  // barge-in: the user really is talking
+      if (audio.player) audio.player.port.postMessage({ clear: true });
+    }
     if (msg.type === "Error" || msg.type === "Warning") notice(problemText(msg));
   }
 
@@ -271,6 +278,7 @@ class Session {
       $("latency").textContent = `${ms} ms`;
       this.turnStart = null;
     }
+    this.replying = true;
     const pcm = buffer.byteLength % 2 ? buffer.slice(0, buffer.byteLength - 1) : buffer;
     audio.received += pcm.byteLength / 2;
     setCount("received", audio.received);
@@ -345,7 +353,10 @@ function scheduleReconnect(path) {
   reconnectTimer = setTimeout(attempt, delay);
 }
 
+let connectSeq = 0;  // a Disconnect (or a newer Connect) while audio starts cancels the connect
+
 async function connect(path = $("path").value, say = []) {
+  const mine = ++connectSeq;
   if (reconnectTimer) {
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
@@ -359,7 +370,8 @@ async function connect(path = $("path").value, say = []) {
   } catch (err) {
     notice(`Audio unavailable: ${err.message || err}`);
   }
-  if (session) session.close();  // a second click while audio was starting
+  if (mine !== connectSeq) return;
+  if (session) session.close();
   const current = new Session(path, $("token").value.trim(), rate);
   session = current;
   for (const text of say) current.say(text);
@@ -374,6 +386,7 @@ async function connect(path = $("path").value, say = []) {
 }
 
 function disconnect() {
+  connectSeq += 1;
   if (reconnectTimer) {
     clearTimeout(reconnectTimer);
     reconnectTimer = null;

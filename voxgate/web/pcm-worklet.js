@@ -4,6 +4,7 @@
 // context at another rate cannot take a microphone in every browser).
 
 const FRAME_MS = 20;
+const PREBUFFER_MS = 60;  // a drained player waits for this much (or this long) before playing
 
 class PcmCapture extends AudioWorkletProcessor {
   constructor(options) {
@@ -56,6 +57,9 @@ class PcmPlayer extends AudioWorkletProcessor {
     this.s1 = 0;
     this.t = 0;
     this.primed = false;    // s1 holds a real sample
+    this.prebuffer = Math.round(options.processorOptions.rate * PREBUFFER_MS / 1000);
+    this.waitingSince = null;  // first unplayed sample's arrival while drained
+    this.runs = 0;          // continuous stretches of playback: one per reply when gapless
     this.played = 0;        // source samples that reached the output
     this.reported = 0;
     this.lastReport = 0;
@@ -65,12 +69,14 @@ class PcmPlayer extends AudioWorkletProcessor {
         this.queue = [];
         this.offset = 0;
         this.primed = false;
+        this.waitingSince = null;
         return;
       }
       const pcm = new Int16Array(msg.pcm);
       const f = new Float32Array(pcm.length);
       for (let i = 0; i < pcm.length; i++) f[i] = pcm[i] / 0x8000;
       this.queue.push(f);
+      if (!this.primed && this.waitingSince === null) this.waitingSince = currentTime;
     };
   }
 
@@ -88,17 +94,23 @@ class PcmPlayer extends AudioWorkletProcessor {
     const out = outputs[0][0];
     for (let i = 0; i < out.length; i++) {
       if (!this.primed) {
+        // Jitter buffer: a new stretch starts with PREBUFFER_MS queued (or after that long),
+        // so network jitter inside a reply does not cut it into pieces.
+        const waited = this.waitingSince !== null && currentTime - this.waitingSince >= PREBUFFER_MS / 1000;
+        if (this.buffered() < this.prebuffer && !waited) { out[i] = 0; continue; }
         const s = this.next();
         if (s === null) { out[i] = 0; continue; }
         this.s0 = this.s1 = s;
         this.t = 0;
         this.primed = true;
+        this.waitingSince = null;
+        this.runs += 1;
       }
       out[i] = this.s0 + (this.s1 - this.s0) * this.t;
       this.t += this.step;
       while (this.t >= 1) {
         const s = this.next();
-        if (s === null) { this.primed = false; this.t = 0; break; }
+        if (s === null) { this.primed = false; this.t = 0; this.waitingSince = null; break; }
         this.t -= 1;
         this.s0 = this.s1;
         this.s1 = s;
@@ -110,7 +122,7 @@ class PcmPlayer extends AudioWorkletProcessor {
     if (this.played !== this.reported && (drained || currentTime - this.lastReport >= 0.05)) {
       this.reported = this.played;
       this.lastReport = currentTime;
-      this.port.postMessage({ played: this.played, buffered: this.buffered() });
+      this.port.postMessage({ played: this.played, runs: this.runs, buffered: this.buffered() });
     }
     return true;
   }
