@@ -64,6 +64,11 @@ def test_offline_and_back_the_page_shows_the_close_and_reconnects(stack, browser
     page.fill("#message", "back online")
     page.click("#send")
     wait_line(page, "assistant", "You said: back online")
+    # the dropped session did not linger: one session at the gateway, the old upstream closed
+    old, new = stack.sims.records("openai")
+    wait_for(old.closed.is_set, "the dropped session's upstream to close")
+    assert not new.closed.is_set()
+    wait_for(lambda: stack.sessions() == 1, "one live gateway session")
 
 
 HIDDEN_S = 5.0  # stands in for the 30 s of a phone in a pocket: 2.5x the configured timeouts
