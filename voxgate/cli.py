@@ -34,6 +34,8 @@ ROUTE_LABELS = {
     "deepgram.bare": "Deepgram Voice Agent passthrough (?service=transcription: live transcription)",
     "deepgram.listen": "Deepgram live transcription passthrough",
     "deepgram.speak": "Deepgram streaming TTS passthrough",
+    "deepgram.listen_v2": "Deepgram Flux turn-based transcription passthrough",
+    "deepgram.speak_v2": "Deepgram Flux turn-based TTS passthrough",
 }
 
 
@@ -70,7 +72,7 @@ GATEWAY_OPTIONS: list[Callable] = [
     click.option("--deepgram-agent-url", envvar="DEEPGRAM_AGENT_URL", default="wss://agent.deepgram.com",
                  show_default=True, help="Deepgram Voice Agent base URL (/v1/agent/converse appended)."),
     click.option("--deepgram-api-url", envvar="DEEPGRAM_API_URL", default="wss://api.deepgram.com",
-                 show_default=True, help="Deepgram API base URL (/v1/listen, /v1/speak appended)."),
+                 show_default=True, help="Deepgram API base URL (/v1/listen, /v1/speak, /v2/listen, /v2/speak appended)."),
     click.option("--workers-per-provider", envvar="VOXGATE_WORKERS_PER_PROVIDER", type=click.IntRange(1, 64),
                  default=1, show_default=True, help="Worker processes per provider."),
     click.option("--connect-timeout", envvar="VOXGATE_CONNECT_TIMEOUT", type=click.FloatRange(0.1, 300),
@@ -320,7 +322,7 @@ def describe(config: Config) -> list[str]:
     lines += [
         f"upstream openai {config.openai_realtime_url}",
         f"upstream deepgram agent {config.deepgram_agent_url.rstrip('/')}/v1/agent/converse",
-        f"upstream deepgram api {config.deepgram_api_url.rstrip('/')}/v1/{{listen,speak}}",
+        f"upstream deepgram api {config.deepgram_api_url.rstrip('/')}{{/v1,/v2}}/{{listen,speak}}",
         f"workers {config.workers_per_provider} per provider, restart backoff 0.1s..10s, "
         f"hung after {config.worker_timeout:g}s, drain grace {config.grace:g}s",
         f"limits head {config.head_max_bytes}B/{config.head_timeout:g}s, message {config.max_message_bytes}B, "
