@@ -224,27 +224,13 @@ async def test_listen_answers_a_long_silence_while_it_streams(sim: Sim) -> None:
 # The official SDK's v2 clients
 
 
-def _sdk_flux_exchange(port: int) -> list[Any]:
-    seen: list[Any] = []
-    client = deepgram_sdk.sdk_client(port, KEY)
-    audio = tone_pcm16(700, rate=16000) + silence_pcm16(600, rate=16000)
-    with client.listen.v2.connect(
-        model="flux-general-en", encoding="linear16", sample_rate="16000", eager_eot_threshold="0.4"
-    ) as flux:
-        flux.send_media(audio)
-        for _ in range(40):
-            seen.append(flux.recv())
-            if getattr(seen[-1], "event", None) == "EndOfTurn":
-                break
-        flux.send_close_stream()
-    return seen
-
-
 async def test_official_sdk_listen_v2(sim: Sim) -> None:
     from deepgram.listen.v2.types import ListenV2Connected, ListenV2TurnInfo
 
     with trio.fail_after(10):
-        seen = await trio.to_thread.run_sync(_sdk_flux_exchange, sim.port, abandon_on_cancel=True)
+        seen = await trio.to_thread.run_sync(
+            deepgram_sdk.flux_exchange, deepgram_sdk.sdk_client(sim.port, KEY), abandon_on_cancel=True
+        )
     assert isinstance(seen[0], ListenV2Connected)
     turns = [m for m in seen[1:] if isinstance(m, ListenV2TurnInfo)]
     assert len(turns) == len(seen) - 1, seen
