@@ -1,6 +1,7 @@
 """The official Deepgram Python SDK (deepgram-sdk 7, synchronous websockets client) against
 the gateway, configured only with the gateway's base URL and a dummy key: the gateway must
-inject its own key and be indistinguishable from Deepgram for agent and listen sessions.
+inject its own key and be indistinguishable from Deepgram for agent, listen (v1 and
+Flux v2) and speak v2 sessions.
 
 The SDK blocks, so it runs in a worker thread (abandoned if the test times out); the
 simulator and a recording TCP relay in front of the gateway run in the test's trio loop.
