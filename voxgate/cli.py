@@ -242,16 +242,30 @@ def public_url(config: Config, path: str, *, tls: bool = False) -> str:
     return f"{'wss' if tls else 'ws'}://{host}:{config.port}{path}"
 
 
-def endpoint_lines(config: Config, *, tls: bool = False) -> list[str]:
-    """P22: one line per endpoint, live or off (and why)."""
+def endpoints(config: Config, *, tls: bool = False) -> list[dict[str, str]]:
+    """P22: every endpoint with its URL, state (live or off, and why) and description."""
     from voxgate.supervisor.routing import Router
 
-    lines = []
+    rows = []
     for path, route in Router(config.proxy_path).endpoints():
-        state = "live" if config.enabled(route.provider) else f"off ({KEY_VARS[route.provider]} not set)"
-        label = ROUTE_LABELS["deepgram.bare" if path == config.proxy_path else route.name]
-        lines.append(f"endpoint {public_url(config, path, tls=tls)} {state} - {label}")
-    return lines
+        live = config.enabled(route.provider)
+        rows.append({
+            "url": public_url(config, path, tls=tls),
+            "state": "live" if live else "off",
+            "reason": "" if live else f"{KEY_VARS[route.provider]} not set",
+            "description": ROUTE_LABELS["deepgram.bare" if path == config.proxy_path else route.name],
+        })
+    return rows
+
+
+def endpoint_text(row: dict[str, str]) -> str:
+    state = f"off ({row['reason']})" if row["state"] == "off" else row["state"]
+    return f"endpoint {row['url']} {state} - {row['description']}"
+
+
+def endpoint_lines(config: Config, *, tls: bool = False) -> list[str]:
+    """P22: one text line per endpoint."""
+    return [endpoint_text(row) for row in endpoints(config, tls=tls)]
 
 
 def startup_notes(config: Config) -> list[str]:
@@ -286,11 +300,32 @@ async def _serve(config: Config, log: logs.EventLog) -> None:
         config = dataclasses.replace(config, port=port)
     supervisor = Supervisor(config, log)
     supervisor.port = port
-    for line in [*startup_notes(config), *endpoint_lines(config, tls=bool(config.tls_cert))]:
+    for line in startup_output(config, port):
         click.echo(line)
-    click.echo(f"voxgate {__version__} listening on {config.host}:{port} (pid {os.getpid()})")
     sys.stdout.flush()
     await supervisor.run(listeners)
+
+
+def startup_output(config: Config, port: int) -> list[str]:
+    """The stdout lines of a started gateway: notes, endpoints, then the listening line. In
+    JSON mode each is one JSON object (the text kept as `message`, so a `listening on` match
+    still works), so that a pipeline can parse every line."""
+    listening = f"voxgate {__version__} listening on {config.host}:{port} (pid {os.getpid()})"
+    if config.log_format != "json":
+        return [*startup_notes(config), *endpoint_lines(config, tls=bool(config.tls_cert)), listening]
+    lines = []
+    for note in startup_notes(config):
+        level, _, text = note.partition(": ")
+        lines.append(logs.json_line("supervisor", "warning" if level == "warning" else "info", "note", message=text))
+    for row in endpoints(config, tls=bool(config.tls_cert)):
+        lines.append(logs.json_line("supervisor", "info", "endpoint", **row, message=endpoint_text(row)))
+    lines.append(
+        logs.json_line(
+            "supervisor", "info", "listening", host=config.host, port=port, pid=os.getpid(),
+            version=__version__, tls=bool(config.tls_cert), message=listening,
+        )
+    )
+    return lines
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -417,6 +452,27 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def _log_format_of(args: list[str]) -> str:
+    """The log format `serve` would use with these arguments (before click has parsed them),
+    so that its errors are JSON too when its logs are."""
+    if "serve" not in args:
+        return "text"
+    choice = os.environ.get("VOXGATE_LOG_FORMAT", "auto")
+    for i, arg in enumerate(args):
+        if arg == "--log-format" and i + 1 < len(args):
+            choice = args[i + 1]
+        elif arg.startswith("--log-format="):
+            choice = arg.partition("=")[2]
+    return resolve_log_format(choice) if choice in ("auto", "text", "json") else "text"
+
+
+def _error(message: str, args: list[str]) -> None:
+    if _log_format_of(args) == "json":
+        click.echo(logs.json_line("voxgate", "error", "error", message=message), err=True)
+    else:
+        click.echo(f"voxgate: error: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors, never a traceback."""
     args = sys.argv[1:] if argv is None else argv
@@ -428,13 +484,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except click.UsageError as exc:
-        click.echo(f"voxgate: error: {exc.format_message()}", err=True)
+        _error(exc.format_message(), args)
         sys.exit(2)
     except ConfigError as exc:
-        click.echo(f"voxgate: error: {exc}", err=True)
+        _error(str(exc), args)
         sys.exit(2)
     except StartupError as exc:
-        click.echo(f"voxgate: error: {exc}", err=True)
+        _error(str(exc), args)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

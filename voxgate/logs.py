@@ -48,16 +48,24 @@ class _TextFormatter(logging.Formatter):
         return _scrub(" ".join(parts))
 
 
+def json_line(proc: str, level: str, event: str, created: float | None = None, **fields: Any) -> str:
+    """One JSON log object; also used for lines printed outside `logging` (startup, errors),
+    so that in JSON mode a collector can parse every line a process writes."""
+    body: dict[str, Any] = {
+        "ts": round(time.time() if created is None else created, 3),
+        "level": level,
+        "proc": proc,
+        "event": event,
+    }
+    body.update(fields)
+    return _scrub(orjson.dumps(body, default=str).decode())
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "proc": record.name,
-            "event": record.getMessage(),
-        }
-        body.update(getattr(record, "fields", {}))
-        return _scrub(orjson.dumps(body, default=str).decode())
+        return json_line(
+            record.name, record.levelname.lower(), record.getMessage(), record.created, **getattr(record, "fields", {})
+        )
 
 
 def setup(proc: str, *, level: str = "info", fmt: str = "text") -> EventLog:
