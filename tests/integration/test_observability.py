@@ -123,6 +123,10 @@ async def test_json_mode_every_line_on_both_streams_is_a_json_object(gateway_fac
     listening = out[-1]
     assert listening["port"] == gw.port and listening["pid"] == gw.pid and listening["level"] == "info"
     assert {"session closed", "stopped"} <= {e["event"] for e in err}
+    # Item 8: a clean shutdown is routine: the drained worker's exit 0 is not a warning.
+    exits = [e for e in err if e["event"] == "worker exited"]
+    assert exits and all(e["level"] == "info" and e["status"] == "exit 0" for e in exits)
+    assert [e for e in err if e["level"] != "info"] == []
 
 
 def test_json_mode_errors_are_json():
