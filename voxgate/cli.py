@@ -126,7 +126,8 @@ GATEWAY_OPTIONS: list[Callable] = [
                  help="PEM certificate chain: serve https/wss on the same port (needs --tls-key)."),
     click.option("--tls-key", envvar="VOXGATE_TLS_KEY", default=None, help="PEM private key for --tls-cert."),
     click.option("--log-level", envvar=["VOXGATE_LOG_LEVEL", "LOG_LEVEL"],
-                 type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True),
+                 type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True,
+                 help="Least severe log level written (debug adds per-session detail; never keys or tokens)."),
     click.option("--log-format", envvar="VOXGATE_LOG_FORMAT", type=click.Choice(["auto", "text", "json"]),
                  default="auto", show_default=True,
                  help="Log lines as text or JSON; auto = text on a terminal, JSON otherwise."),
@@ -398,6 +399,8 @@ def options_table() -> str:
         envvars = param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar]
         env = ", ".join(f"`{e}`" for e in envvars if e)
         default = param.default
+        if not isinstance(default, str | int | float | tuple | list):
+            default = None  # click's "no default" sentinel of multiple options is not a value
         if isinstance(default, tuple | list):
             default = ", ".join(default) or None
         shown = "" if default in (None, "") else f"`{default}`"
