@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -77,7 +80,28 @@ def setup(proc: str, *, level: str = "info", fmt: str = "text") -> EventLog:
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    if fmt == "json":
+        # Python's own warnings must not break a pipeline that parses every line.
+        logging.captureWarnings(True)
+    sys.excepthook = _excepthook(proc, fmt)
     return EventLog(proc)
+
+
+def _excepthook(proc: str, fmt: str) -> Callable[..., None]:
+    """An unexpected crash: the traceback scrubbed of secrets, and one JSON object in JSON mode."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        text = "".join(traceback.format_exception(kind, value, tb))
+        if fmt == "json":
+            sys.stderr.write(json_line(proc, "error", "crashed", error=kind.__name__, traceback=text) + "\n")
+        else:
+            sys.stderr.write(_scrub(text))
+        sys.stderr.flush()
+
+    return hook
 
 
 class EventLog:
