@@ -1102,3 +1102,23 @@ async def test_sim_audio_formats(gw, sim, connect, audio, formats, sent, appende
     appends = [e for e in sim.connections[0].received_json() if e["type"] == "input_audio_buffer.append"]
     assert [base64.b64decode(e["audio"]) for e in appends] == [appended]
     assert sum(len(f) for f in client.frames if isinstance(f, bytes)) == reply_bytes
+
+
+async def test_repeated_upstream_warnings_are_rate_limited(gw, fake, connect):
+    """Issue 16 §5: 2,000 invalid audio deltas write a handful of warning lines, and the
+    session's closing line counts the rest."""
+    client, conn = await ready(gw, fake, connect)
+    bad = {"type": "response.output_audio.delta", "response_id": "r1", "item_id": "i1", "delta": "!!not base64!!"}
+    await conn.send(*([bad] * 2000))
+    await upstream_marker(conn, client)  # every bad delta was handled before this marker
+    await client.ws.aclose()
+    name = "upstream audio delta is not base64"
+    with trio.fail_after(5):
+        while not re.search(rf"session closed .*suppressed=.*{name}", gw.output):
+            await trio.sleep(0.02)
+    lines = [line for line in gw.output.splitlines() if f" warning worker.openai {name}" in line]
+    closing = [line for line in gw.output.splitlines() if "session closed" in line and name in line][-1]
+    assert 1 <= len(lines) <= 10, len(lines)
+    shown = sum(int(m) for line in lines for m in re.findall(r"suppressed=(\d+)", line))
+    hidden = int(re.search(r"upstream audio delta is not base64[^0-9]+(\d+)", closing).group(1))
+    assert len(lines) + shown + hidden == 2000, (len(lines), shown, hidden, closing)

@@ -894,6 +894,8 @@ def test_d35_gateway_limits_error_then_close(limit, client_code, upstream_code):
     assert kinds == ["SendClient", "CloseClient", "CloseUpstream"]
     assert out.of(CloseClient)[0].code == client_code
     assert out.of(CloseUpstream)[0].code == upstream_code
+    # The limit's code is the close reason on both legs, as on the splice (issue 16 §7).
+    assert out.of(CloseClient)[0].reason == out.of(CloseUpstream)[0].reason == limit
     assert h.t.closed
 
 

@@ -18,7 +18,6 @@ import orjson
 import trio
 
 from voxgate.config import KEY_VARS, Config
-from voxgate.control import ChannelClosed
 from voxgate.logs import EventLog
 from voxgate.supervisor import metrics
 from voxgate.supervisor.admission import (
@@ -108,10 +107,12 @@ class Supervisor:
 
     # -- plain HTTP ---------------------------------------------------------------------
 
-    def readiness(self) -> tuple[int, dict[str, Any]]:
-        """`/readyz`: per provider enabled/ready/workers; 503 when draining or a provider is down."""
+    def readiness(self, only: str | None = None) -> tuple[int, dict[str, Any]]:
+        """`/readyz`: per provider enabled/ready/workers. 200 while at least one enabled
+        provider can serve, so one crash-looping provider does not take the healthy one out
+        of a load balancer (issue 16 §2); 503 when none can, or while draining.
+        `only` (`/readyz/<provider>`) answers for that provider alone."""
         services: dict[str, Any] = {}
-        ok = not self.draining
         for provider, path in (("deepgram", self.config.proxy_path), ("openai", "/openai")):
             pool = self.pools.get(provider)
             if pool is None:
@@ -120,16 +121,21 @@ class Supervisor:
                     "reason": f"{KEY_VARS[provider]} not set", "workers": [], "sessions": 0,
                 }
                 continue
-            ready = bool(pool.ready_workers())
-            ok = ok and ready
             workers = pool.snapshot()
             services[provider] = {
-                "enabled": True, "path": path, "ready": ready, "workers": workers,
+                "enabled": True, "path": path, "ready": bool(pool.ready_workers()), "workers": workers,
                 "sessions": sum(w["sessions"] for w in workers), "restarts": pool.restarts,
             }
+        enabled = [name for name, svc in services.items() if svc["enabled"] and (only is None or name == only)]
+        down = [name for name in enabled if not services[name]["ready"]]
+        ok = not self.draining and len(down) < len(enabled)
+        if self.draining:
+            status = "draining"
+        else:
+            status = "ready" if not down else ("degraded" if ok else "not_ready")
         body = {
-            "status": "draining" if self.draining else ("ready" if ok else "not_ready"),
-            "ready": ok, "port": self.port, "https": self.tls, "services": services,
+            "status": status, "ready": ok, "not_ready": down,
+            "port": self.port, "https": self.tls, "services": services,
         }
         return (200 if ok else 503), body
 
@@ -177,6 +183,10 @@ class Supervisor:
 
     def http_answer(self, head: Head, path: str) -> bytes:
         endpoint = HTTP_ENDPOINTS.get(path)
+        only = None
+        if endpoint is None and path.startswith(("/readyz/", "/ready/")):
+            only = path.rsplit("/", 1)[1]
+            endpoint = "readyz" if only in KEY_VARS else None
         if head.method == "OPTIONS":
             return self.cors_preflight(head)
         if head.method == "POST" and endpoint == "tokens":
@@ -188,7 +198,7 @@ class Supervisor:
         if endpoint == "healthz":
             return response(200, {"status": "ok"}, tls=self.tls)
         if endpoint == "readyz":
-            status, body = self.readiness()
+            status, body = self.readiness(only)
             return response(status, body, tls=self.tls)
         if endpoint == "metrics":
             return response(
@@ -295,16 +305,17 @@ class Supervisor:
                 ours, theirs = stream, stream.socket
             else:
                 ours, theirs = _socket_pair()
+            self.log.debug("handing off", sid=sid, route=route.name, worker=worker.worker_id)
             try:
-                await worker.hand_off(header, head.raw, theirs.fileno())
-            except ChannelClosed:
-                if ours is not stream:
-                    ours.socket.close()
-                    theirs.close()
-                continue
+                taken = await worker.hand_off(header, head.raw, theirs.fileno(), self.config.worker_timeout + 2)
             finally:
                 if ours is not stream:
                     theirs.close()
+            if not taken:
+                self.log.warning("hand-off failed, retrying", route=route.name, sid=sid, worker=worker.worker_id)
+                if ours is not stream:
+                    ours.socket.close()
+                continue
             self.metrics.sessions_total.labels(route.provider, route.kind).inc()
             self.log.debug("handed off", sid=sid, trace=header["trace"], route=route.name, worker=worker.worker_id)
             return ours

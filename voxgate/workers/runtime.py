@@ -128,10 +128,15 @@ class Worker:
                     msg = await channel.receive()
                     kind = msg.header.get("t")
                     if kind == "conn" and msg.fd is not None:
+                        # Say at once whether we took the socket: until then the supervisor
+                        # keeps its copy, so a socket never dies unanswered with a worker.
+                        sid = msg.header.get("sid", "")
                         if self.draining:
                             os.close(msg.fd)
+                            await channel.send({"t": "refused", "sid": sid})
                             continue
                         nursery.start_soon(self._session, channel, msg.header, msg.payload, msg.fd)
+                        await channel.send({"t": "took", "sid": sid})
                     elif kind == "drain":
                         nursery.start_soon(self.drain, float(msg.header.get("grace", self.config.grace)))
             except ChannelClosed:
@@ -215,7 +220,7 @@ class Worker:
                 self._idle.set()
                 self._idle = trio.Event()
                 session.summary["duration"] = round(trio.current_time() - started, 3)
-                log.info("session closed", route=route, **session.summary)
+                log.info("session closed", route=route, **session.summary, suppressed=log.suppressed() or None)
                 await self._ended(channel, sid, route, session.summary)
 
     async def _ended(self, channel: Channel, sid: str, route: str, summary: dict[str, Any]) -> None:

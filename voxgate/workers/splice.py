@@ -78,6 +78,8 @@ from voxgate.workers.frames import (
     parse_server_data_header,
     xor_mask_at,
 )
+from voxgate.workers.keyscrub import PIECE, KeyScrubber, generic_close_reason
+from voxgate.workers.limits import LIMITS
 
 __all__ = ["SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
@@ -86,13 +88,7 @@ RECV_SIZE = 65536
 MAX_OBSERVED_TEXT = 1 << 20  # larger upstream text messages are forwarded but not observed
 MAX_QUEUED_CONTROL = 64 * 1024  # control bytes queued for a busy leg before its pump waits
 
-LIMIT_CLIENT_CODES = {
-    "message_too_large": 1009,
-    "idle_timeout": 1000,
-    "session_max_duration": 1000,
-    "shutting_down": 1001,
-}
-LIMIT_UPSTREAM_CODES = {"shutting_down": 1001}  # others: 1000
+
 
 _Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
 _WHOLE_MESSAGE_B0 = frozenset((0x80 | OP_TEXT, 0x80 | OP_BINARY))  # FIN + TEXT / BINARY
@@ -124,6 +120,8 @@ class SplicePolicy:
     ) = None
     on_limit: Callable[[str], list[bytes]] | None = None
     upstream_observer: UpstreamObserver | None = None
+    # Masks the provider key in upstream text payloads and close reasons (keyscrub.py).
+    scrubber: KeyScrubber | None = None
 
 
 @dataclass
@@ -319,6 +317,8 @@ class _Splice:
         self.d_fin = False
         self.d_msg_op: int | None = None
         self.d_obs: bytearray | None = None
+        self.scrub = policy.scrubber
+        self.d_scrub_ctx = b""  # last key-piece context of the text message being forwarded
         self.d_tail = b""  # incomplete header / control frame
         self.d_lock_held = False
         self.d_sending = False
@@ -436,8 +436,9 @@ class _Splice:
         """A gateway limit ends the session: on_limit frames, then the limit's close codes."""
         if not self._end("limit:" + code):
             return
-        self._spawn_close(self.c, LIMIT_CLIENT_CODES[code], code, self._limit_frames(code))
-        self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(code, 1000), code)
+        limit = LIMITS[code]
+        self._spawn_close(self.c, limit.client_close, code, self._limit_frames(code))
+        self._spawn_close(self.up, limit.upstream_close, code)
 
     async def _drain(self, leg: _Leg) -> None:
         """After failing a leg (its byte stream can no longer be parsed): let the peer see
@@ -742,8 +743,12 @@ class _Splice:
             inject = None
             if self._end("limit:" + limit):
                 inject = self._limit_frames(limit)
-                self._spawn_close(self.up, LIMIT_UPSTREAM_CODES.get(limit, 1000), limit)
-            await self._close_leg(c, LIMIT_CLIENT_CODES[limit], limit, inject)
+                self._spawn_close(self.up, LIMITS[limit].upstream_close, limit)
+            await self._close_leg(c, LIMITS[limit].client_close, limit, inject)
+            # Refused from its header: the payload is never read, not even to drain it
+            # (issue 16 §6); TCP is closed once our close frame is out.
+            c.dead()
+            return
         # The rest of the client's byte stream cannot be parsed any more.
         if c.out_closed and not c.in_closed:
             await self._drain(c)
@@ -852,6 +857,10 @@ class _Splice:
             if fast is not None and fast[2] + fast[1] == len(data) and fast[0] in _WHOLE_MESSAGE_B0:
                 # The usual realtime read: exactly one whole unfragmented message.
                 observer = self.observer
+                if fast[0] == 0x81 and self.scrub is not None:
+                    masked = self.scrub.mask(memoryview(data)[fast[2] :])
+                    if masked is not None:
+                        data = data[: fast[2]] + masked
                 if observer is None or fast[0] == 0x82:
                     if observer is not None:
                         observer.observe_binary()
@@ -876,6 +885,8 @@ class _Splice:
                     take = rem
                 if run < 0:
                     run = pos
+                if self.scrub is not None and self.d_msg_op == OP_TEXT:
+                    data, mv = self._scrub_text(data, mv, pos, pos + take)
                 if obs is not None:
                     if len(obs) + take <= MAX_OBSERVED_TEXT:
                         obs += mv[pos : pos + take]
@@ -938,6 +949,7 @@ class _Splice:
                 continue  # OP_PONG: dropped (P16)
             if op != OP_CONT:
                 self.d_msg_op = op
+                self.d_scrub_ctx = b""
                 if op == OP_TEXT and observer is not None and observer.wants_text:
                     obs = self.d_obs = bytearray()
             if self.d_msg_op == OP_BINARY and observer is not None:
@@ -957,6 +969,21 @@ class _Splice:
         if run >= 0 and pos > run:
             out.append(data if run == 0 and pos == n else mv[run:pos])
         return out, ctrl, None
+
+    def _scrub_text(self, data: bytes | bytearray, mv: memoryview, start: int, end: int) -> tuple[bytes | bytearray, memoryview]:
+        """Mask key pieces in the text payload bytes data[start:end] (keyscrub.py); copies
+        `data` only when it holds one. Returns the (possibly new) data and its view."""
+        assert self.scrub is not None
+        segment = mv[start:end]
+        masked = self.scrub.mask(segment, self.d_scrub_ctx)
+        keep = PIECE - 1
+        self.d_scrub_ctx = bytes(segment[-keep:]) if len(segment) >= keep else (self.d_scrub_ctx + segment)[-keep:]
+        if masked is not None:
+            if type(data) is not bytearray:
+                data = bytearray(data)
+                mv = memoryview(data)
+            mv[start:end] = masked
+        return data, mv
 
     def _observe(self, out: list, mv: memoryview, run: int, pos: int, obs: bytearray) -> tuple[int, None]:
         """A complete upstream text message was observed: inject the observer's frames right
@@ -1028,7 +1055,8 @@ class _Splice:
                 up.check()
                 return
             self._end("upstream_closed")
-            self._spawn_close(self.c, map_close_code(code, toward="client"), safe_reason(reason))
+            to_client = map_close_code(code, toward="client")
+            self._spawn_close(self.c, to_client, generic_close_reason(to_client, reason, self.scrub))
             await self._close_leg(up, code, "")
             return
         # protocol error from the upstream: 1002 toward it, 1011 toward the client

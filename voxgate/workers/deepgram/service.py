@@ -11,6 +11,7 @@ import orjson
 from voxgate.config import Config
 from voxgate.workers.deepgram.audio_done import SyntheticAgentAudioDone
 from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.limits import limit_for
 from voxgate.workers.passthrough import (
     GATEWAY_PARAMS,
     UpstreamProfile,
@@ -21,12 +22,6 @@ from voxgate.workers.runtime import Session
 
 DROP_PARAMS = GATEWAY_PARAMS | {"service"}
 KEEPALIVE = b'{"type":"KeepAlive"}'
-LIMIT_DESCRIPTIONS = {
-    "message_too_large": "Message exceeds the gateway's size limit.",
-    "idle_timeout": "Session closed by the gateway after inactivity.",
-    "session_max_duration": "Session reached the gateway's maximum duration.",
-    "shutting_down": "Gateway is shutting down.",
-}
 
 
 # Route kind -> the Deepgram API path it relays to (Flux recognition and turn-based TTS on v2).
@@ -55,7 +50,8 @@ def agent_failure(err: UpstreamConnectError) -> list[bytes]:
 
 
 def agent_limit(code: str) -> list[bytes]:
-    return [error_payload(LIMIT_DESCRIPTIONS.get(code, "Session closed by the gateway."), code)]
+    limit = limit_for(code)
+    return [error_payload(limit.description, limit.code)]
 
 
 def choose_subprotocol(offered: list[str]) -> str | None:
@@ -81,4 +77,5 @@ def profile_for(session: Session) -> UpstreamProfile:
         observer=observer,
         keepalive=keepalive,
         idle_timeout=config.idle_timeout if kind not in LISTEN_KINDS else None,
+        secret=config.deepgram_key,
     )

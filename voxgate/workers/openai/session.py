@@ -51,6 +51,7 @@ from voxgate.workers.openai.translator import (
     Translator,
 )
 from voxgate.workers.runtime import Session
+from voxgate.workers.sizeguard import SizeGuard
 from voxgate.workers.streams import PrefixedStream
 
 UPSTREAM_MAX_MESSAGE = 32 << 20
@@ -102,12 +103,37 @@ class _DirectStream(trio.abc.HalfCloseableStream):
     `BrokenResourceError`. Optionally replays `prefix` first (the supervisor's pre-read bytes).
     """
 
-    def __init__(self, inner: trio.SocketStream, prefix: bytes = b"") -> None:
+    def __init__(
+        self, inner: trio.SocketStream, prefix: bytes = b"", *,
+        guard: SizeGuard | None = None, on_too_large: Callable[[], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.socket = inner.socket  # trio-websocket reads endpoints from it
         self._prefix = memoryview(prefix) if prefix else None
+        # Client leg: an over-size message stops the stream at its header (sizeguard.py);
+        # the engine then sees EOF once our close frame is out (`closed_sent`).
+        self.guard = guard
+        self.on_too_large = on_too_large
+        self.closed_sent = trio.Event()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        guard = self.guard
+        if guard is None:
+            return await self._receive(max_bytes)
+        while not guard.tripped:
+            data = await self._receive(max_bytes)
+            if not data:
+                return data
+            passed = guard.feed(data)
+            if guard.tripped and self.on_too_large is not None:
+                self.on_too_large()
+            if passed:
+                return passed
+            # else: only part of a header so far, or the guard tripped
+        await self.closed_sent.wait()
+        return b""
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
         if self._prefix is not None:
             size = len(self._prefix) if max_bytes is None else max_bytes
             chunk, rest = self._prefix[:size], self._prefix[size:]
@@ -243,6 +269,11 @@ class _ClientConnection(_Leg):
         self._dropping = not event.message_finished
         if first:
             await self._enqueue(TOO_LARGE)
+
+    async def _send(self, event: Any) -> None:
+        await super()._send(event)
+        if isinstance(event, CloseConnection) and isinstance(self._stream, _DirectStream):
+            self._stream.closed_sent.set()  # a stream stopped by its size guard may end now
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         # wsproto reports a frame it rejects (protocol error 1002, invalid UTF-8 1007) as a
@@ -461,7 +492,9 @@ class TranslatorSession:
         config = session.config
         stream: trio.abc.Stream
         if isinstance(session.stream, trio.SocketStream):
-            stream = _DirectStream(session.stream, session.preread)
+            head_len = len(session.preread) - len(session.handshake.leftover)
+            guard = SizeGuard(config.max_message_bytes, skip=head_len)
+            stream = _DirectStream(session.stream, session.preread, guard=guard, on_too_large=self._too_large)
         else:
             stream = PrefixedStream(session.stream, session.preread)
         try:
@@ -482,6 +515,16 @@ class TranslatorSession:
         finally:
             if self.upstream is not None:  # closed by now on normal paths; this makes it certain
                 await trio.aclose_forcefully(self.upstream._stream)  # noqa: SLF001
+
+    def _too_large(self) -> None:
+        """The size guard stopped the client stream at an over-size message's header."""
+        assert self.nursery is not None
+        self.nursery.start_soon(self._refuse_too_large)
+
+    async def _refuse_too_large(self) -> None:
+        self.last_client_activity = trio.current_time()
+        await self.feed(self.core.gateway_limit, "message_too_large")
+        self.done.set()
 
     async def _connect_upstream(self) -> None:
         config = self.session.config

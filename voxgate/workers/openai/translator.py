@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import orjson
 
 from voxgate.workers.closecodes import map_close_code, safe_reason
+from voxgate.workers.limits import limit_for
 from voxgate.workers.openai.audio import OPENAI_RATE, StreamResampler, silence
 from voxgate.workers.openai.settings_map import (
     DEFAULT_INPUT,
@@ -143,35 +144,6 @@ STRICT_DESCRIPTION = (
 )
 ACTIVE_RESPONSE_ERROR = "conversation_already_has_active_response"
 EXPECTED_CLOSURE_ERRORS = frozenset({"idle_timeout", "session_max_duration"})
-
-# code -> (client close code, upstream close code, reason, description) (D35, §5.2)
-GATEWAY_LIMITS: dict[str, tuple[int, int, str, str]] = {
-    "message_too_large": (
-        1009,
-        1000,
-        "message too large",
-        "A client message exceeded the gateway's maximum message size.",
-    ),
-    "idle_timeout": (
-        1000,
-        1000,
-        "idle timeout",
-        "The gateway ended the session after its idle timeout.",
-    ),
-    "session_max_duration": (
-        1000,
-        1000,
-        "session max duration",
-        "The gateway ended the session at its maximum session duration.",
-    ),
-    "shutting_down": (
-        1001,
-        1001,
-        "shutting down",
-        "The gateway is shutting down.",
-    ),
-}
-
 
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
@@ -598,15 +570,11 @@ class Translator:
         )
 
     def _on_gateway_limit(self, code: str) -> None:
-        if not isinstance(code, str) or code not in GATEWAY_LIMITS:
-            code = "gateway_error"
-        client_code, upstream_code, reason, description = GATEWAY_LIMITS.get(
-            code, (1011, 1000, "gateway error", "The gateway ended the session.")
-        )
+        limit = limit_for(code)
         self._flush_idle_error()
-        self._error(code, description)
-        self._log("info", "gateway limit", code=code)
-        self._finish(client=(client_code, reason), upstream=(upstream_code, reason))
+        self._error(limit.code, limit.description)
+        self._log("info", "gateway limit", code=limit.code)
+        self._finish(client=(limit.client_close, limit.code), upstream=(limit.upstream_close, limit.code))
 
     def _on_timer(self, name: str) -> None:
         if name not in self._armed:
