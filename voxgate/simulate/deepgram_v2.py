@@ -14,7 +14,9 @@ Flux (``FluxSession``): ``Connected``, then ``TurnInfo`` events driven by the VA
 after ``FLUX_FULL_CONFIDENCE_S``. ``Configure`` answers ``ConfigureSuccess`` or
 ``ConfigureFailure``; ``CloseStream`` ends an open turn and closes 1000. Out-of-range
 query parameters get one ``Error`` and close 1008 (simulator choice: the SDK models a fatal
-``Error``; a missing model or an unknown encoding is an HTTP 400 as on v1).
+``Error``; a missing model or an unknown encoding is an HTTP 400 as on v1). No audio or
+message for the idle timeout: ``Error`` (``NET-0001``), close 1011, as on v1 (there is no
+``KeepAlive`` on Flux; an unknown message gets a ``Warning``).
 
 Speak v2 (``SpeakV2Session``): ``Connected``; ``Speak`` buffers text; ``Flush`` speaks the
 turn as ``SpeechStarted``, audio, ``SpeechMetadata``, then ``Flushed``; ``Configure``
