@@ -359,7 +359,8 @@ def test_d13_inject_agent_message_refused_while_busy():
     h.ready()
     h.up({"type": "input_audio_buffer.speech_started"})
     out = h.client({"type": "InjectAgentMessage", "message": "x"})
-    assert out.client == [{"type": "InjectionRefused"}] and out.up == []
+    assert out.client_types == ["InjectionRefused"] and out.up == []
+    assert out.client[0]["message"]  # the SDK's model requires a reason
     h.up({"type": "input_audio_buffer.speech_stopped"})
     h.up({"type": "response.created", "response": {"id": "r"}})
     assert h.client({"type": "InjectAgentMessage", "message": "x"}).client_types == [
@@ -386,7 +387,7 @@ def test_d13_update_speak_unsupported():
     [
         ({"type": "Foo"}, '"Foo"'),
         ({"type": "CloseStream"}, '"CloseStream"'),
-        ({"type": "UpdateThink"}, '"UpdateThink"'),
+        ({"type": "UpdateThinkLive"}, '"UpdateThinkLive"'),
         ({"no": "type"}, "(missing type)"),
         ([1, 2], "(missing type)"),
         (7, "(missing type)"),

@@ -33,6 +33,9 @@ from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_valu
 from voxgate.supervisor.workers import ProviderPool, Worker
 
 HANDOFF_ATTEMPTS = 3
+MAX_POST_BODY = 64 << 10
+"""A POST body is read whole before the hand-off (token requests; WebRTC SDP offers, which
+with a session configuration run to a few KiB)."""
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -192,6 +195,8 @@ class Supervisor:
         if head.method == "POST" and endpoint == "tokens":
             return self.mint(head)
         if head.method not in ("GET", "HEAD") or endpoint is None:
+            if self.router.http_route("POST", path) is not None:
+                return response(405, "Method Not Allowed", headers=[("Allow", "POST, OPTIONS")], tls=self.tls)
             if self.router.websocket_route(path, []) is not None and head.method == "GET":
                 return response(426, "Upgrade Required", headers=[("Upgrade", "websocket")], tls=self.tls)
             return response(404, "Not Found", tls=self.tls)
@@ -243,17 +248,21 @@ class Supervisor:
         """Answer or hand off; returns the stream now owned by a worker's end, or None."""
         try:
             head = await read_head(
-                stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout, max_body=8192
+                stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout,
+                max_body=MAX_POST_BODY,
             )
         except HeadError as exc:
             self.log.info("request rejected", status=exc.status, reason=exc.detail)
             await self._send(stream, response(exc.status, tls=self.tls))
             return None
         path, query = split_target(head.target)
-        if not head.is_websocket:
-            await self._send(stream, self.http_answer(head, path))
-            return None
-        route = self.router.websocket_route(path, query)
+        if head.is_websocket:
+            route = self.router.websocket_route(path, query)
+        else:
+            route = self.router.http_route(head.method, path)  # admitted like any session
+            if route is None:
+                await self._send(stream, self.http_answer(head, path))
+                return None
         if route is None:
             await self._send(stream, response(404, "Not Found", tls=self.tls))
             return None
@@ -295,7 +304,7 @@ class Supervisor:
         trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
         header = {
             "t": "conn", "sid": sid, "route": route.kind, "peer": ip,
-            "head_len": head.head_len, "trace": trace[:128],
+            "head_len": head.head_len, "trace": trace[:128], "tls": self.tls,
         }
         for _ in range(HANDOFF_ATTEMPTS):
             worker: Worker | None = await pool.wait_for_worker(self.config.worker_wait)

@@ -49,6 +49,7 @@ from voxgate.workers.openai.translator import (
     SendClient,
     SendUpstream,
     Translator,
+    dialect_for_path,
 )
 from voxgate.workers.runtime import Session
 from voxgate.workers.sizeguard import SizeGuard
@@ -342,6 +343,7 @@ class TranslatorSession:
             strict=config.translator_strict,
             json_passthrough=config.translator_json_passthrough,
             max_pending_bytes=config.max_message_bytes * 4,
+            dialect=dialect_for_path(session.handshake.request.path),
         )
         self.max_pending = config.max_message_bytes * 4
         self.turn = _Turn()
