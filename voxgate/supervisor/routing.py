@@ -17,7 +17,7 @@ class Route:
     """A WebSocket route served by a worker: provider plus what the worker does with it."""
 
     provider: str
-    # openai: "translate" | "realtime"; deepgram: "agent" | "listen" | "speak" | "listen_v2" | "speak_v2"
+    # openai: "translate" | "realtime" | "calls"; deepgram: "agent" | "listen" | "speak" | "listen_v2" | "speak_v2"
     kind: str
 
     @property
