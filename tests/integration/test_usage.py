@@ -159,3 +159,28 @@ async def test_raw_relay_tokens_with_the_sdk(gw, openai_sim):
     line = close_line(gw, "realtime")
     assert f"tokens_in={tokens['input']}" in line and f"tokens_out={tokens['output']}" in line
     assert metric(gw, "voxgate_usage_tokens_total", provider="openai", kind="output_text") == tokens["output_text"]
+
+
+async def test_flux_and_speak_v2(gw):
+    async with tws.open_websocket_url(gw.url("/deepgram-proxy/v2/listen?model=flux-general-en&encoding=linear16"
+                                             "&sample_rate=16000")) as ws:
+        for _ in range(7):
+            await ws.send_message(silence_pcm16(100, rate=16000))  # 0.7 s
+        [flux] = await wait_sessions(gw, lambda s: any(x["usage"]["audio_bytes"]["up"] == 7 * FRAME for x in s))
+        assert flux["route"] == "listen_v2" and flux["usage"]["audio_seconds"]["up"] == 0.7
+    async with tws.open_websocket_url(gw.url("/deepgram-proxy/v2/speak?model=flux-thalia-en")) as ws:
+        await ws.send_message(orjson.dumps({"type": "Speak", "text": "Flux too"}).decode())
+        await ws.send_message('{"type": "Flush"}')
+        audio = 0
+        with trio.fail_after(5):
+            while True:
+                msg = await ws.get_message()
+                if isinstance(msg, bytes):
+                    audio += len(msg)
+                elif orjson.loads(msg).get("type") == "Flushed":
+                    break
+        [speak] = await wait_sessions(gw, lambda s: any(x["usage"]["audio_bytes"]["down"] == audio for x in s))
+        assert speak["usage"]["characters"] == len("Flux too")
+        assert speak["usage"]["audio_seconds"]["down"] == pytest.approx(audio / 48000, abs=0.001)  # 24 kHz default
+    await wait_sessions(gw, lambda s: s == [])
+    assert metric(gw, "voxgate_usage_audio_seconds_total", provider="deepgram", route="listen_v2", direction="up") == 0.7

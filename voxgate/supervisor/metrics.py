@@ -54,7 +54,8 @@ class Metrics:
         )
         # every label set the dashboards use exists from the start (no series appears late)
         for provider, route in (("openai", "translate"), ("openai", "realtime"), ("deepgram", "agent"),
-                                ("deepgram", "listen"), ("deepgram", "speak")):
+                                ("deepgram", "listen"), ("deepgram", "speak"), ("deepgram", "listen_v2"),
+                                ("deepgram", "speak_v2")):
             self.sessions_total.labels(provider, route)
             for direction in ("up", "down"):
                 self.usage_audio.labels(provider, route, direction)
