@@ -144,6 +144,11 @@ function stopMic() {
   micState("off");
 }
 
+/** Drop agent audio not yet played (barge-in, or the session is over). */
+function clearPlayback() {
+  if (audio.player) audio.player.port.postMessage({ clear: true });
+}
+
 function micState(state) {
   $("mic-state").dataset.state = state;
   $("mic-state").textContent = state;
@@ -265,7 +270,7 @@ class Session {
     if (msg.type === "AgentAudioDone") this.replying = false;
     if (msg.type === "UserStartedSpeaking") {
       this.replying = false;  // barge-in: the user really is talking
-      if (audio.player) audio.player.port.postMessage({ clear: true });
+      clearPlayback();
     }
     if (msg.type === "Error" || msg.type === "Warning") notice(problemText(msg));
   }
@@ -293,6 +298,7 @@ class Session {
     session = null;
     this.ready = false;
     stopMic();
+    clearPlayback();
     setState("closed", event.code, reason);
     if (!this.opened) explainRefusal();
     const dropped = this.opened && !this.userClosed && event.code !== 1000;
@@ -307,6 +313,7 @@ class Session {
     if (this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, reason);
     session = null;
     stopMic();
+    clearPlayback();
     setState("closed", 1006, reason);
     log(`closed 1006 ${reason}`);
     if (this.opened && options.reconnect) scheduleReconnect(this.path);
@@ -397,6 +404,7 @@ function disconnect() {
     const closing = session;
     session = null;
     stopMic();
+    clearPlayback();
     setState("closed", 1000, "client closed");
     log("disconnected");
     closing.ready = false;
