@@ -28,7 +28,10 @@ import orjson
 
 from voxgate.config import ConfigError, valid_label
 
-PATHS = {"/openai": "translate", "/openai/v1/agent/converse": "translate", "/openai/v1/realtime": "realtime"}
+PATHS = {
+    "/openai": "translate", "/openai/v1/agent/converse": "translate", "/openai/v1/realtime": "realtime",
+    "/openai/v1/realtime/calls": "calls",
+}
 STRING_FIELDS = ("instructions", "instructions_prefix", "voice")
 LIST_FIELDS = ("models", "tools")
 FIELDS = (*STRING_FIELDS, *LIST_FIELDS, "max_output_tokens")
