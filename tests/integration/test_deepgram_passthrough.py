@@ -305,20 +305,20 @@ async def test_upstream_close_codes_and_reasons_reach_the_client(dg, sim):
             reason.decode("utf-8")
             await client.wait_eof()
             await agent_works(dg, gw)
-    # 160 bytes of reason: the simulator's library cuts it to 122 on a character boundary,
-    # and the gateway passes Deepgram's own reason through unchanged.
+    # Deepgram's own reason text never reaches the client (issue 16 §1: it could carry the
+    # key); the code does, and a Deepgram error code named in the reason.
     long_reason = quote("é" * 80)
     with trio.fail_after(5):
         client = await dg.connect(
             gw, f"{AGENT}?sim_fault=close_reason:4002&sim_close_reason={long_reason}"
         )
         code, reason = await client.expect_close()
-        assert code == 4002
-        assert len(reason) <= 123 and reason.decode("utf-8") == "é" * 61
-        # Deepgram's NET-0001 idle close on listen: code and reason reach the client.
+        assert (code, reason) == (4002, b"upstream error")
+        # Deepgram's NET-0001 idle close on listen: the code and NET-0001 reach the client.
         silent = await dg.connect(gw, f"{LISTEN}?model=nova-3")
         code, reason = await silent.expect_close()
-        assert (code, reason.decode()) == (1011, NET0001_REASON)
+        assert "net0001" in NET0001_REASON
+        assert (code, reason.decode()) == (1011, "NET-0001")
     assert await worker_pid(gw) == pid
 
 

@@ -14,6 +14,7 @@ import trio
 
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.handshake import open_upstream
+from voxgate.workers.keyscrub import KeyScrubber
 from voxgate.workers.runtime import Session
 from voxgate.workers.splice import (
     SplicePolicy,
@@ -42,6 +43,7 @@ class UpstreamProfile:
     keepalive: tuple[float, bytes] | None = None
     idle_timeout: float | None = None
     extra: dict = field(default_factory=dict)
+    secret: str | None = None  # the provider key sent upstream: masked in what comes back
 
 
 def strip_params(query: list[tuple[str, str]], drop: frozenset[str] | set[str]) -> list[tuple[str, str]]:
@@ -120,6 +122,7 @@ async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
         on_upstream_failure=on_failure,
         on_limit=profile.limit_payloads,
         upstream_observer=profile.observer,
+        scrubber=KeyScrubber.for_secret(profile.secret),
     )
     stats = SpliceStats()
     session.traffic = lambda: (stats.frames_up, stats.frames_down, stats.bytes_up, stats.bytes_down)

@@ -64,6 +64,7 @@ from voxgate.workers.frames import (
     parse_server_data_header,
     xor_mask_at,
 )
+from voxgate.workers.keyscrub import PIECE, KeyScrubber, generic_close_reason
 
 __all__ = ["SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
@@ -107,6 +108,8 @@ class SplicePolicy:
     ) = None
     on_limit: Callable[[str], list[bytes]] | None = None
     upstream_observer: UpstreamObserver | None = None
+    # Masks the provider key in upstream text payloads and close reasons (keyscrub.py).
+    scrubber: KeyScrubber | None = None
 
 
 @dataclass
@@ -218,6 +221,8 @@ class _Splice:
         self.d_fin = False
         self.d_msg_op: int | None = None
         self.d_obs: bytearray | None = None
+        self.scrub = policy.scrubber
+        self.d_scrub_ctx = b""  # last key-piece context of the text message being forwarded
         self.d_tail = b""  # incomplete header / control frame
         self.down_wire_mid_msg = False  # client wire is inside a message (frame or fragments)
         self.c_close_pending: tuple | None = None  # our client close, waiting for a frame's end
@@ -733,6 +738,10 @@ class _Splice:
             if fast is not None and fast[2] + fast[1] == len(data) and fast[0] in _WHOLE_MESSAGE_B0:
                 # The usual realtime read: exactly one whole unfragmented message.
                 observer = self.observer
+                if fast[0] == 0x81 and self.scrub is not None:
+                    masked = self.scrub.mask(memoryview(data)[fast[2] :])
+                    if masked is not None:
+                        data = data[: fast[2]] + masked
                 if observer is None or fast[0] == 0x82:
                     if observer is not None:
                         observer.observe_binary()
@@ -757,6 +766,8 @@ class _Splice:
                     take = rem
                 if run < 0:
                     run = pos
+                if self.scrub is not None and self.d_msg_op == OP_TEXT:
+                    data, mv = self._scrub_text(data, mv, pos, pos + take)
                 if obs is not None:
                     if len(obs) + take <= MAX_OBSERVED_TEXT:
                         obs += mv[pos : pos + take]
@@ -819,6 +830,7 @@ class _Splice:
                 continue  # OP_PONG: dropped (P16)
             if op != OP_CONT:
                 self.d_msg_op = op
+                self.d_scrub_ctx = b""
                 if op == OP_TEXT and observer is not None and observer.wants_text:
                     obs = self.d_obs = bytearray()
             if self.d_msg_op == OP_BINARY and observer is not None:
@@ -838,6 +850,21 @@ class _Splice:
         if run >= 0 and pos > run:
             out.append(data if run == 0 and pos == n else mv[run:pos])
         return out, ctrl, None
+
+    def _scrub_text(self, data: bytes | bytearray, mv: memoryview, start: int, end: int) -> tuple[bytes | bytearray, memoryview]:
+        """Mask key pieces in the text payload bytes data[start:end] (keyscrub.py); copies
+        `data` only when it holds one. Returns the (possibly new) data and its view."""
+        assert self.scrub is not None
+        segment = mv[start:end]
+        masked = self.scrub.mask(segment, self.d_scrub_ctx)
+        keep = PIECE - 1
+        self.d_scrub_ctx = bytes(segment[-keep:]) if len(segment) >= keep else (self.d_scrub_ctx + segment)[-keep:]
+        if masked is not None:
+            if type(data) is not bytearray:
+                data = bytearray(data)
+                mv = memoryview(data)
+            mv[start:end] = masked
+        return data, mv
 
     def _observe(self, out: list, mv: memoryview, run: int, pos: int, obs: bytearray) -> tuple[int, None]:
         """A complete upstream text message was observed: inject the observer's frames right
@@ -864,7 +891,8 @@ class _Splice:
                 self._check()
                 return
             self._end("upstream_closed")
-            self._close_leg(self.c, map_close_code(code, toward="client"), safe_reason(reason))
+            to_client = map_close_code(code, toward="client")
+            self._close_leg(self.c, to_client, generic_close_reason(to_client, reason, self.scrub))
             self._close_leg(up, code, "")
             return
         # protocol error from the upstream: 1002 toward it, 1011 toward the client

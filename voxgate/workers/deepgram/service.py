@@ -74,4 +74,5 @@ def profile_for(session: Session) -> UpstreamProfile:
         observer=observer,
         keepalive=keepalive,
         idle_timeout=config.idle_timeout if kind != "listen" else None,
+        secret=config.deepgram_key,
     )

@@ -73,4 +73,5 @@ def profile_for(session: Session) -> UpstreamProfile:
         failure_payloads=failure_payloads,
         limit_payloads=limit_payloads,
         idle_timeout=config.idle_timeout,
+        secret=config.openai_key,
     )
