@@ -15,8 +15,8 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from benchmarks import procs
-from benchmarks.clients import (
+from voxgate.bench import procs
+from voxgate.bench.clients import (
     AgentClient,
     EchoClient,
     PhaseState,
@@ -24,7 +24,7 @@ from benchmarks.clients import (
     SetupProbe,
     still_open,
 )
-from benchmarks.evloop import OPEN, Loop
+from voxgate.bench.evloop import OPEN, Loop
 from voxgate.simulate.common import tone_pcm16
 
 SEC = 1_000_000_000

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks import gateway, peers
-from benchmarks.evloop import Loop
-from benchmarks.phases import Monitor, Phases, Target
-from benchmarks.procs import Managed, kernel_threads, pid_alive, spawn, tail
+from voxgate.bench import gateway, peers
+from voxgate.bench.evloop import Loop
+from voxgate.bench.phases import Monitor, Phases, Target
+from voxgate.bench.procs import Managed, kernel_threads, pid_alive, spawn, tail
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ECHO_PATH = "/v1/agent/converse"
 
 
@@ -55,7 +55,7 @@ class Scenario:
         return out
 
 
-ORDER = ["idle", "setup", "pingpong", "realtime100", "realtime200", "throughput", "translator"]
+ORDER = ["idle", "setup", "pingpong", "realtime100", "realtime200", "throughput", "translator", "translator200"]
 
 FULL = {
     "pingpong": Scenario("pingpong", "stream", "ping-pong latency", "window", 1, 5.0, 1),
@@ -63,6 +63,7 @@ FULL = {
     "realtime200": Scenario("realtime200", "stream", "realtime voice", "paced", 200, 10.0),
     "throughput": Scenario("throughput", "stream", "throughput", "window", 20, 5.0, 16),
     "translator": Scenario("translator", "stream", "translator voice", "paced", 100, 10.0, translator=True),
+    "translator200": Scenario("translator200", "stream", "translator voice", "paced", 200, 10.0, translator=True),
     "idle": Scenario("idle", "idle", "idle capacity", sessions=2000, open_rate=500.0),
     "setup": Scenario("setup", "setup", "connection setup", sessions=200),
 }
@@ -73,11 +74,12 @@ QUICK = {
     "realtime200": replace(FULL["realtime200"], sessions=20, duration=0.6),
     "throughput": replace(FULL["throughput"], sessions=4, duration=0.6),
     "translator": replace(FULL["translator"], sessions=10, duration=0.6),
+    "translator200": replace(FULL["translator200"], sessions=20, duration=0.6),
     "idle": replace(FULL["idle"], sessions=20),
     "setup": replace(FULL["setup"], sessions=20),
 }
 
-ALIASES = {"realtime": ["realtime100", "realtime200"], "all": ORDER}
+ALIASES = {"realtime": ["realtime100", "realtime200"], "translators": ["translator", "translator200"], "all": ORDER}
 
 
 def plan(*, quick: bool, names: list[str], sessions: int | None, duration: float | None) -> list[Scenario]:
@@ -170,7 +172,7 @@ class Run:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        self.upstream = spawn("upstream", [sys.executable, "-m", "benchmarks.upstream", "--port", "0"], self.tmp,
+        self.upstream = spawn("upstream", [sys.executable, "-m", "voxgate.bench.upstream", "--port", "0"], self.tmp,
                               env=env)
         match = self.upstream.wait_for(r"listening on 127\.0\.0\.1:(\d+)", 20)
         self.upstream_port = int(match.group(1))
@@ -281,14 +283,14 @@ class Run:
 
 
 def phases_drain_close() -> float:
-    from benchmarks.phases import CLOSE_S, DRAIN_S
+    from voxgate.bench.phases import CLOSE_S, DRAIN_S
 
     return DRAIN_S + CLOSE_S
 
 
 def run_all(opts: Options, log: Callable[[str], None]) -> dict:
     """Every run of every selected scenario: {"runs": [...], "peers": ..., "scenarios": [...]}."""
-    from benchmarks.procs import raise_fd_limit
+    from voxgate.bench.procs import raise_fd_limit
 
     scenarios = plan(quick=opts.quick, names=list(opts.scenarios), sessions=opts.sessions, duration=opts.duration)
     nofile = raise_fd_limit()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any
 
-from benchmarks.wire import (
+from voxgate.bench.wire import (
     HEAD_END,
     MAX_HEAD,
     OP_CLOSE,

@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.procs import Managed, spawn
+from voxgate.bench.procs import Managed, spawn
 
 LISTENING = r"listening on (\S+):(\d+) \(pid (\d+)\)"
 START_TIMEOUT = 30.0
