@@ -526,11 +526,15 @@ class _Splice:
             self._send_up(up)
         if action is not None:
             self._client_action(action)
-        elif work is buf:
+            self._flow()
+            return
+        if work is buf:
             del buf[:consumed]
         elif consumed < len(work):
             self.cbuf = bytearray(memoryview(work)[consumed:])
-        self._flow()
+        uc = self.up.conn
+        if uc is None or uc.out_bytes > HIGH_WATER or c.ctrl_bytes:  # else nothing to pause
+            self._flow()
 
     def _on_client_eof(self) -> None:
         c = self.c
@@ -697,9 +701,13 @@ class _Splice:
             self._control(up, ctrl)
         if not self.d_rem and (self.c.ctrl or self.c_close_pending is not None):
             self._client_boundary()
+            action = action or ("flow",)
         if action is not None:
-            self._upstream_action(action)
-        self._flow()
+            if action[0] != "flow":
+                self._upstream_action(action)
+            self._flow()
+        elif self.c.conn.out_bytes > HIGH_WATER or up.ctrl_bytes:  # type: ignore[union-attr]
+            self._flow()  # else nothing to pause
 
     def _client_boundary(self) -> None:
         """The client wire is at a frame boundary again: what waited for it goes out."""

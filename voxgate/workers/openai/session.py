@@ -428,9 +428,11 @@ class TranslatorSession:
                 self._close_leg(c, code, reason)
                 self._drain(c)
                 self.done.set()
-        self._flow()
         if self.done.is_set():
+            self._flow()
             self._check()
+        elif self.up.conn is None or self.up.conn.out_bytes > HIGH_WATER or self.core.pending_bytes or c.conn.out_bytes > CLIENT_OUT_BOUND:  # type: ignore[union-attr]
+            self._flow()  # else nothing to pause
 
     def _on_client_eof(self) -> None:
         c = self.c
@@ -477,9 +479,11 @@ class TranslatorSession:
                 self._drain(up)
                 feed(core.upstream_closed, code, "")
                 self.done.set()
-        self._flow()
         if self.done.is_set():
+            self._flow()
             self._check()
+        elif not self.c.conn.reading or self.c.conn.out_bytes > HIGH_WATER:  # type: ignore[union-attr]
+            self._flow()  # else nothing to pause or resume
 
     def _on_up_eof(self) -> None:
         up = self.up
