@@ -15,7 +15,7 @@ SCALARS = ("msgs_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "t10
            "session_ready_p50_ms", "gen_lag_p99_ms", "sent", "received", "ready", "sessions", "window_s", "ramp_s")
 DICTS = ("cpu_s", "rss_peak_kib", "hwm_kib", "kib_per_session", "rss_base_kib", "rss_loaded_kib")
 RELAY_PREFIX = {"voxgate": ("supervisor", "worker."), "voxgate_relay": ("supervisor", "worker."),
-                "nginx": ("nginx.",), "node": ("node",)}
+                "voxgate_wss": ("tls.supervisor", "tls.worker."), "nginx": ("nginx.",), "node": ("node",)}
 
 
 def _median(values: list[Any]) -> Any:
@@ -38,8 +38,9 @@ def derive(target: str, res: dict) -> dict:
     out = dict(res)
     out["relay_cpu_s"] = relay_sum(target, cpu)
     if target.startswith("voxgate"):
-        out["supervisor_cpu_s"] = cpu.get("supervisor")
-        out["workers_cpu_s"] = round(sum(v for k, v in cpu.items() if k.startswith("worker.")), 3)
+        own = "tls." if target == "voxgate_wss" else ""  # the wss gateway's processes
+        out["supervisor_cpu_s"] = cpu.get(own + "supervisor")
+        out["workers_cpu_s"] = round(sum(v for k, v in cpu.items() if k.startswith(own + "worker.")), 3)
     window = res.get("window_s")
     if window and "generator" in cpu:
         out["generator_cpu_pct"] = round(100 * cpu["generator"] / window, 1)
@@ -191,6 +192,13 @@ def evaluate(results: dict, scenarios: list[Scenario], workers_per_provider: int
     if v.get("p50_ms") is not None and d.get("p50_ms") is not None:
         add("setup: first upstream byte p50", "setup", v["p50_ms"] <= d["p50_ms"] + 1.0,
             f"{v['p50_ms']:.3f} ms vs direct {d['p50_ms']:.3f} ms", "<= direct + 1 ms")
+
+    wss = _t(results.get("wss"), "voxgate_wss")
+    sup, workers = wss.get("supervisor_cpu_s"), wss.get("workers_cpu_s")
+    if sup is not None and workers:
+        add("wss: supervisor CPU < 2% of workers' (it terminates TLS)", "wss", sup < 0.02 * workers,
+            f"{sup:.2f} s vs {workers:.2f} s ({100 * sup / workers:.1f} %)", "< 2 %",
+            "the supervisor pumps every wss byte over a socket pair")
 
     for key in ("realtime200", "throughput"):
         v = _t(results.get(key), "voxgate")

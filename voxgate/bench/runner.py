@@ -41,6 +41,7 @@ class Scenario:
     window: int = 1
     translator: bool = False
     open_rate: float = 250.0
+    tls: bool = False  # the wss scenario: the same sessions through a TLS-terminating gateway
 
     def params(self) -> dict:
         out: dict = {"sessions": self.sessions}
@@ -55,7 +56,8 @@ class Scenario:
         return out
 
 
-ORDER = ["idle", "setup", "pingpong", "realtime100", "realtime200", "throughput", "translator", "translator200"]
+ORDER = ["idle", "setup", "pingpong", "realtime100", "realtime200", "throughput", "translator", "translator200",
+         "wss"]
 
 FULL = {
     "pingpong": Scenario("pingpong", "stream", "ping-pong latency", "window", 1, 5.0, 1),
@@ -66,6 +68,7 @@ FULL = {
     "translator200": Scenario("translator200", "stream", "translator voice", "paced", 200, 10.0, translator=True),
     "idle": Scenario("idle", "idle", "idle capacity", sessions=2000, open_rate=500.0),
     "setup": Scenario("setup", "setup", "connection setup", sessions=200),
+    "wss": Scenario("wss", "stream", "realtime voice, ws vs wss", "paced", 100, 10.0, tls=True),
 }
 
 QUICK = {
@@ -77,6 +80,7 @@ QUICK = {
     "translator200": replace(FULL["translator200"], sessions=20, duration=0.6),
     "idle": replace(FULL["idle"], sessions=20),
     "setup": replace(FULL["setup"], sessions=20),
+    "wss": replace(FULL["wss"], sessions=10, duration=0.6),
 }
 
 ALIASES = {"realtime": ["realtime100", "realtime200"], "translators": ["translator", "translator200"], "all": ORDER}
@@ -163,6 +167,7 @@ class Run:
         self.tmp = Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
         self.upstream: Managed | None = None
         self.gw: gateway.GatewayProc | None = None
+        self.gw_tls: gateway.GatewayProc | None = None
         self.peers: dict[str, peers.Peer] = {}
         self.skipped: dict[str, str] = {}
         self.monitor = Monitor()
@@ -170,7 +175,7 @@ class Run:
 
     # -- processes -----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, tls: bool = False) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         self.upstream = spawn("upstream", [sys.executable, "-m", "voxgate.bench.upstream", "--port", "0"], self.tmp,
                               env=env)
@@ -192,6 +197,12 @@ class Run:
         for provider, pids in sorted(self.gw.workers.items()):
             for i, pid in enumerate(pids):
                 labels[f"worker.{provider}.{i}"] = pid
+        if tls:
+            self.gw_tls = gateway.start(self.tmp, self.upstream_port, self.opts.workers_per_provider, tls=True)
+            labels["tls.supervisor"] = self.gw_tls.pid
+            for provider, pids in sorted(self.gw_tls.workers.items()):
+                for i, pid in enumerate(pids):
+                    labels[f"tls.worker.{provider}.{i}"] = pid
         labels["upstream"] = self.upstream.pid
         labels["generator"] = os.getpid()
         for peer in self.peers.values():
@@ -205,6 +216,8 @@ class Run:
             peer.stop()
         if self.gw is not None:
             self.gw.stop()
+        if self.gw_tls is not None:
+            self.gw_tls.stop()
         if self.upstream is not None:
             self.upstream.stop()
         if os.environ.get("VOXGATE_BENCH_KEEP_TMP"):
@@ -219,6 +232,10 @@ class Run:
 
     def targets(self, sc: Scenario) -> list[Target]:
         assert self.gw is not None
+        if sc.tls:
+            assert self.gw_tls is not None
+            return [Target("direct", self.upstream_port, ECHO_PATH), Target("voxgate", self.gw.port, "/deepgram-proxy"),
+                    Target("voxgate_wss", self.gw_tls.port, "/deepgram-proxy", tls=True)]
         if sc.translator:
             return [
                 Target("direct", self.upstream_port, "/v1/realtime?model=gpt-realtime", "realtime"),
@@ -302,7 +319,7 @@ def run_all(opts: Options, log: Callable[[str], None]) -> dict:
         run = Run(opts, log)
         loop = Loop()
         try:
-            run.start()
+            run.start(tls=any(sc.tls for sc in scenarios))
             skipped.update(run.skipped)
             versions.update(run.versions())
             results = {}
