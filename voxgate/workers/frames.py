@@ -1,7 +1,9 @@
-"""WebSocket frame layer for the splice engine (RFC 6455 §5), sans-IO.
+"""WebSocket frame layer of both relays (RFC 6455 §5), sans-IO.
 
-Only headers are parsed; payloads are treated as opaque bytes. Text payloads are never
-UTF-8 validated here: the endpoints do that, and the gateway must not pay for it per frame.
+The splice parses only headers and treats payloads as opaque bytes: text payloads are never
+UTF-8 validated there (the endpoints do that, and the gateway must not pay for it per frame).
+The translator reads complete messages with `MessageReader`, which decodes (and so validates)
+text, because its core needs the JSON.
 Close *reasons* are sanitized (`safe_reason`) only when the gateway re-emits them.
 """
 
