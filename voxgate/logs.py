@@ -72,25 +72,68 @@ def setup(proc: str, *, level: str = "info", fmt: str = "text") -> EventLog:
     return EventLog(proc)
 
 
-class EventLog:
-    """A named logger whose lines are an event name plus key=value fields."""
+REPEAT_BURST = 5  # lines of one warning event per logger and window
+REPEAT_WINDOW = 10.0  # seconds
 
-    def __init__(self, name: str, **context: Any) -> None:
+
+class _RepeatLimit:
+    """Per event name: `REPEAT_BURST` warning-or-worse lines per `REPEAT_WINDOW`; the rest
+    are counted. A peer sending 400,000 bad frames must not write 400,000 lines."""
+
+    __slots__ = ("windows", "suppressed")
+
+    def __init__(self) -> None:
+        self.windows: dict[str, tuple[float, int]] = {}  # name -> (window start, lines)
+        self.suppressed: dict[str, int] = {}  # name -> lines not written since the last one
+
+    def admit(self, name: str) -> int | None:
+        """None to drop this line; else how many were dropped before it (0 usually)."""
+        now = time.monotonic()
+        start, lines = self.windows.get(name, (now, 0))
+        if now - start >= REPEAT_WINDOW:
+            start, lines = now, 0
+        if lines >= REPEAT_BURST:
+            self.suppressed[name] = self.suppressed.get(name, 0) + 1
+            self.windows[name] = (start, lines)
+            return None
+        self.windows[name] = (start, lines + 1)
+        return self.suppressed.pop(name, 0)
+
+
+class EventLog:
+    """A named logger whose lines are an event name plus key=value fields.
+
+    A bound logger (one per session) rate-limits repeated warnings of one kind; what it
+    dropped is reported by the next line of that kind (`suppressed=N`) and by `suppressed()`,
+    which the session's closing line carries."""
+
+    def __init__(self, name: str, *, limit: bool = False, **context: Any) -> None:
         self._logger = logging.getLogger(name)
         self._context = context
+        self._repeats = _RepeatLimit() if limit else None
 
     def bind(self, **context: Any) -> EventLog:
         """A logger that adds these fields (session id, trace id...) to every line."""
-        child = EventLog(self._logger.name, **{**self._context, **context})
-        return child
+        return EventLog(self._logger.name, limit=True, **{**self._context, **context})
+
+    def suppressed(self) -> dict[str, int]:
+        """Warning lines dropped and not yet reported, by event name."""
+        return dict(self._repeats.suppressed) if self._repeats is not None else {}
 
     def enabled(self, level: str) -> bool:
         return self._logger.isEnabledFor(getattr(logging, level.upper()))
 
     def event(self, level: str, name: str, **fields: Any) -> None:
         lvl = getattr(logging, level.upper())
-        if self._logger.isEnabledFor(lvl):
-            self._logger.log(lvl, name, extra={"fields": {**self._context, **fields}})
+        if not self._logger.isEnabledFor(lvl):
+            return
+        if lvl >= logging.WARNING and self._repeats is not None:
+            dropped = self._repeats.admit(name)
+            if dropped is None:
+                return
+            if dropped:
+                fields = {**fields, "suppressed": dropped}
+        self._logger.log(lvl, name, extra={"fields": {**self._context, **fields}})
 
     def debug(self, name: str, **fields: Any) -> None:
         self.event("debug", name, **fields)

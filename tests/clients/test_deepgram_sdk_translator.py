@@ -1,9 +1,11 @@
-"""The official Deepgram SDK's Voice Agent client (v7, sync) pointed at the OpenAI translator:
-the SDK appends `/v1/agent/converse` to its agent base URL, which the gateway routes to
-`/openai` (openai-translator, routes). Settings -> SettingsApplied -> InjectUserMessage ->
-assistant ConversationText, against the simulated OpenAI Realtime.
+"""The official Deepgram SDK's Voice Agent client (v7, sync), configured by base URL only, on
+both of the gateway's agent paths: `PROXY_PATH/v1/agent/converse` (relayed to the simulated
+Deepgram) and `/openai/v1/agent/converse` (the SDK appends `/v1/agent/converse` to `/openai`;
+the OpenAI translator answers in Deepgram's dialect there). Every message the SDK yields must
+be one of its typed models: a plain dict means the gateway sent something the Voice Agent API
+does not have (the reference dialect's AgentDone, Transcript, UtteranceEnd).
 
-The SDK blocks, so it runs in a worker thread while the simulator runs in the test's trio
+The SDK blocks, so it runs in a worker thread while the simulators run in the test's trio
 loop (trio.to_thread, bounded by trio.fail_after; the socket has its own timeout too).
 """
 
@@ -11,71 +13,113 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 import trio
-from deepgram import DeepgramClient
-from deepgram.agent.v1.types import AgentV1InjectUserMessage, AgentV1Settings
-from deepgram.environment import DeepgramClientEnvironment
+import trio_websocket as tws
 
-from tests.conftest import OPENAI_KEY
+from tests.conftest import DEEPGRAM_KEY, OPENAI_KEY, gateway_env
 from tests.support.deepgram_helpers import SETTINGS
-from tests.support.gateway import base_env, start_gateway
-from tests.support.portfwd import Forwarder
+from tests.support.deepgram_sdk import sdk_client
+from voxgate.simulate.common import silence_pcm16, tone_pcm16
 
 DUMMY = "dg-client-side-dummy-key"
+PATHS = {"deepgram": "/deepgram-proxy", "openai": "/openai"}
 
 
 @pytest.fixture
-def fwd():
-    forwarder = Forwarder()
-    forwarder.start()
-    yield forwarder
-    forwarder.stop()
-
-
-@pytest.fixture
-def gw(fwd):
-    url = f"ws://127.0.0.1:{fwd.port}/v1/realtime"
-    gateway = start_gateway(env=base_env(OPENAI_API_KEY=OPENAI_KEY, OPENAI_REALTIME_URL=url))
+async def gw(gateway_factory, openai_sim, deepgram_sim):
+    gateway = await gateway_factory(env=gateway_env(openai_sim, deepgram_sim))
     yield gateway
-    gateway.stop()
-    assert OPENAI_KEY[3:15] not in gateway.output and DUMMY not in gateway.output
+    assert OPENAI_KEY[3:15] not in gateway.output and DEEPGRAM_KEY[:12] not in gateway.output
+    assert DUMMY not in gateway.output
 
 
-def converse(port: int) -> list[Any]:
-    """One SDK session: every message received until the assistant's ConversationText."""
-    http, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
-    env = DeepgramClientEnvironment(base=http, production=ws, agent=f"{ws}/openai", agent_rest=http)
-    client = DeepgramClient(api_key=DUMMY, environment=env)
-    received: list[Any] = []
-    with client.agent.v1.connect() as agent:
+def _until(agent: Any, seen: list[Any], done: Any, limit: int = 80) -> None:
+    for _ in range(limit):
+        seen.append(agent.recv())
+        if done(seen[-1]):
+            return
+    raise AssertionError(f"no end of turn within {limit} messages: {seen!r}")
+
+
+def _is(kind: str, role: str | None = None) -> Any:
+    def check(message: Any) -> bool:
+        return getattr(message, "type", None) == kind and (role is None or message.role == role)
+
+    return check
+
+
+def dialogue(port: int, path: str, *, speak: bool) -> list[Any]:
+    """Settings, a typed user message (and, with `speak`, a spoken one), each turn read to its
+    AgentAudioDone, then a text frame that is not JSON; everything the SDK yielded."""
+    from deepgram.agent.v1.types import AgentV1InjectUserMessage, AgentV1Settings
+
+    seen: list[Any] = []
+    with sdk_client(port, DUMMY, path=path).agent.v1.connect() as agent:
         agent._websocket.socket.settimeout(10)  # noqa: SLF001 - never hang the worker thread
         agent.send_settings(AgentV1Settings(**SETTINGS))
-        for message in agent:
-            received.append(message)
-            kind = getattr(message, "type", None)
-            if kind == "SettingsApplied":
-                agent.send_inject_user_message(AgentV1InjectUserMessage(type="InjectUserMessage", content="hi sdk"))
-            elif kind == "ConversationText" and message.role == "assistant":
-                break
-    return received
+        _until(agent, seen, _is("SettingsApplied"))
+        agent.send_inject_user_message(AgentV1InjectUserMessage(content="hi sdk"))
+        _until(agent, seen, _is("AgentAudioDone"))
+        if speak:
+            for _ in range(10):  # 600 ms of "speech", then silence ends the turn
+                agent.send_media(tone_pcm16(60, rate=16000))
+            agent.send_media(silence_pcm16(600, rate=16000))
+            _until(agent, seen, _is("AgentAudioDone"))
+        agent.send_raw("this is not JSON")
+        _until(agent, seen, _is("Error"))
+    return seen
 
 
-async def test_deepgram_sdk_agent_through_the_translator(gw, fwd, openai_sim):
-    fwd.target = openai_sim.port
-    with trio.fail_after(15):
-        received = await trio.to_thread.run_sync(converse, gw.port, abandon_on_cancel=True)
-    # the SDK has no model for AgentDone (the reference's extra done signal): it stays a dict
-    assert {"type": "AgentDone"} in received
-    typed = [m for m in received if not isinstance(m, bytes | dict)]
+@pytest.mark.parametrize("provider", ["deepgram", "openai"])
+async def test_sdk_yields_only_typed_messages_on_both_agent_paths(gw, provider, openai_sim):
+    speak = provider == "openai"
+    with trio.fail_after(30):
+        seen = await trio.to_thread.run_sync(
+            lambda: dialogue(gw.port, PATHS[provider], speak=speak), abandon_on_cancel=True
+        )
+    untyped = [m for m in seen if isinstance(m, dict)]
+    assert untyped == []
+    typed = [m for m in seen if not isinstance(m, bytes)]
     types = [m.type for m in typed]
-    assert types[:3] == ["Welcome", "SettingsApplied", "ConversationText"]
-    assert typed[2].role == "user" and typed[2].content == "hi sdk"
-    assert "AgentStartedSpeaking" in types and "Error" not in types
-    assert typed[-1].content == "You said: hi sdk"
-    assert any(isinstance(m, bytes) and m for m in received)  # the reply's audio, as binary
-    [record] = openai_sim.connections
-    assert record.header("authorization") == f"Bearer {OPENAI_KEY}"
-    assert not any(DUMMY in v for _, v in record.headers)
-    session = record.received_json()[0]["session"]
-    assert session["model"] == "gpt-realtime" and session["instructions"] == "Be brief."
+    assert types[:2] == ["Welcome", "SettingsApplied"]
+    assert any(isinstance(m, bytes) and m for m in seen)  # the reply's audio, as binary
+    # the assistant's text of each turn comes before that turn's AgentAudioDone
+    texts = [i for i, m in enumerate(typed) if _is("ConversationText", "assistant")(m)]
+    dones = [i for i, t in enumerate(types) if t == "AgentAudioDone"]
+    assert len(texts) == len(dones) >= 1 and all(t < d for t, d in zip(texts, dones, strict=True))
+    assert typed[-1].type == "Error" and typed[-1].code == "UNPARSABLE_CLIENT_MESSAGE"
+    if provider == "openai":
+        users = [m.content for m in typed if _is("ConversationText", "user")(m)]
+        assert users == ["hi sdk", "audio of 0.6 seconds"]  # the spoken turn's final transcript
+        assert "LatencyReport" in types and "AgentStartedSpeaking" in types
+        [record] = openai_sim.connections
+        assert record.header("authorization") == f"Bearer {OPENAI_KEY}"
+        assert not any(DUMMY in v for _, v in record.headers)
+        session = record.received_json()[0]["session"]
+        assert session["model"] == "gpt-realtime" and session["instructions"] == "Be brief."
+
+
+async def test_bare_openai_path_keeps_the_reference_dialect(gw, openai_sim):
+    """dg_react_agent connects to bare `/openai` and expects the reference's message set."""
+    async with tws.open_websocket_url(f"ws://127.0.0.1:{gw.port}/openai") as ws:
+        assert orjson.loads(await ws.get_message())["type"] == "Welcome"
+        await ws.send_message(orjson.dumps(SETTINGS).decode())
+        kinds: list[str] = []
+        with trio.fail_after(10):
+            while "SettingsApplied" not in kinds:
+                kinds.append(orjson.loads(await ws.get_message())["type"])
+            await ws.send_message('{"type":"InjectUserMessage","content":"hi"}')
+            while "AgentAudioDone" not in kinds:
+                message = await ws.get_message()
+                if isinstance(message, str):
+                    kinds.append(orjson.loads(message)["type"])
+            await ws.send_message("this is not JSON")
+            while kinds[-1] != "Error":
+                message = await ws.get_message()
+                if isinstance(message, str):
+                    kinds.append(orjson.loads(message)["type"])
+    assert "AgentDone" in kinds and kinds.index("AgentDone") < kinds.index("AgentAudioDone")
+    assert "LatencyReport" not in kinds
+    assert orjson.loads(message)["code"] == "unparsable_client_message"

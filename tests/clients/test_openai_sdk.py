@@ -115,3 +115,40 @@ async def test_connect_failure_shape(gw, sim, fault, code, close):
     assert isinstance(error["error"]["message"], str)
     assert info.value.reason.code == close
     assert OPENAI_KEY[3:15] not in error["error"]["message"]
+
+
+async def test_sdk_with_a_client_token_passes_an_origin_allow_list(sim, fwd):
+    """Server-side SDKs send no Origin: with --allowed-origin set, a valid client token admits
+    them (issue 16 §4); without one they are refused as before, and browsers still need an
+    allowed Origin."""
+    url = f"ws://127.0.0.1:{fwd.port}/v1/realtime"
+    env = base_env(OPENAI_API_KEY=OPENAI_KEY, OPENAI_REALTIME_URL=url, VOXGATE_CLIENT_TOKENS="ct-server-7Qx")
+    gateway = await trio.to_thread.run_sync(
+        lambda: start_gateway("--allowed-origin", "https://app.example", env=env)
+    )
+    try:
+        def run(key: str) -> list:
+            async def session() -> list:
+                client = AsyncOpenAI(api_key=key, websocket_base_url=gateway.url("/openai/v1"))
+                events = []
+                async with client.realtime.connect(model="gpt-realtime-mini") as conn:
+                    async for event in conn:
+                        events.append(event)
+                        break
+                return events
+            return asyncio.run(session())
+
+        with trio.fail_after(15):
+            events = await trio.to_thread.run_sync(run, "ct-server-7Qx", abandon_on_cancel=True)
+        assert [e.type for e in events] == ["session.created"]
+        status, _, _ = gateway.http("/openai/v1/realtime", headers={
+            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Authorization": "Bearer wrong-token"})
+        assert status == 403
+        status, _, _ = gateway.http("/openai/v1/realtime", headers={
+            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Authorization": "Bearer ct-server-7Qx",
+            "Origin": "https://evil.example"})
+        assert status == 403
+    finally:
+        await trio.to_thread.run_sync(gateway.stop)

@@ -48,6 +48,7 @@ CLIENT_TYPES = {
     "Welcome", "SettingsApplied", "PromptUpdated", "InjectionRefused", "ConversationText",
     "AgentStartedSpeaking", "AgentThinking", "AgentDone", "AgentAudioDone", "FunctionCallRequest",
     "UserStartedSpeaking", "UtteranceEnd", "Transcript", "Error",
+    "ThinkUpdated", "ListenUpdated", "FunctionCallCancelled", "LatencyReport",
 }  # openai-translator §3.3
 
 
@@ -1071,6 +1072,63 @@ async def test_sim_greeting(gw, sim, connect):
     assert received == ["session.update", "conversation.item.create", "response.create"]
 
 
+@pytest.fixture
+async def paced_sim(nursery, fwd):
+    """The simulator with its reply audio paced (0.3 s between 100 ms chunks), so a response
+    is still playing when the client acts on its first audio."""
+    from voxgate.simulate.openai import OpenAISimulator
+
+    sim = OpenAISimulator(api_key=OPENAI_KEY, audio_pace=0.3)
+    sim.port = await nursery.start(sim.serve)
+    fwd.target = sim.port
+    return sim
+
+
+async def test_sim_update_think_and_listen(gw, sim, connect):
+    client = await connect(gw)
+    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.wait_type("SettingsApplied")
+    functions = [{"name": "get_time", "description": "Time", "parameters": {"type": "object"}}]
+    await client.send({"type": "UpdateThink", "think": {"provider": {"type": "open_ai", "model": "gpt-realtime"},
+                                                        "prompt": "Be terse.", "functions": functions}})
+    await client.send({"type": "UpdateListen", "listen": {"provider": {"version": "v2", "type": "deepgram",
+                                                                       "model": "flux-general-en", "eot_threshold": 0.8}}})
+    await client.wait_type("ListenUpdated")
+    assert client.after_welcome() == ["SettingsApplied", "ThinkUpdated", "ListenUpdated"]
+    updates = [e["session"] for e in sim.connections[0].received_json() if e["type"] == "session.update"]
+    assert updates[1]["instructions"].startswith("Be terse.") and updates[1]["tools"][0]["name"] == "get_time"
+    assert updates[2]["audio"]["input"]["turn_detection"]["eagerness"] == "low"
+    await client.send({"type": "InjectUserMessage", "content": "please get time"})
+    await client.wait_type("FunctionCallRequest")  # the new tools are live upstream
+    assert client.count("Error") == 0
+
+
+async def test_sim_inject_agent_message_interrupt(gw, paced_sim, connect):
+    """On the SDK path: the live reply is cancelled and cut at the audio the client received;
+    nothing of it plays after the interrupt; the agent's message is the turn's text."""
+    client = await connect(gw, "/openai/v1/agent/converse")
+    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.wait_type("SettingsApplied")
+    await client.send({"type": "InjectUserMessage", "content": "tell me a story"})
+    await client.wait_for(lambda: any(isinstance(f, bytes) for f in client.frames))
+    await client.send({"type": "InjectAgentMessage", "message": "Sorry, one thing.", "behavior": "interrupt"})
+    await client.wait_for(lambda: client.count("AgentAudioDone") == 2)
+    record = paced_sim.connections[0]
+    with trio.fail_after(WAIT):
+        await record.wait_until(lambda r: {"conversation.item.truncated", "error"} & {e["type"] for e in r.sent_json()})
+    received = {e["type"]: e for e in record.received_json()}
+    played = sum(len(f) for f in client.frames if isinstance(f, bytes))
+    assert played == 4800  # the first 100 ms chunk only
+    assert received["conversation.item.truncate"]["audio_end_ms"] == 100
+    assert "response_id" in received["response.cancel"]
+    sent = [e["type"] for e in record.sent_json()]
+    assert "conversation.item.truncated" in sent and "error" not in sent
+    assert [e["response"]["status"] for e in record.sent_json() if e["type"] == "response.done"] == ["cancelled"]
+    texts = [(t["role"], t["content"]) for t in client.of("ConversationText")]
+    assert texts == [("user", "tell me a story"), ("assistant", "Sorry, one thing.")]
+    assert client.count("Error") == 0 and client.count("AgentDone") == 0
+
+
 async def test_sim_upstream_error(gw, sim, connect):
     client = await connect(gw)
     await client.send({"type": "Settings", "agent": {"think": {"prompt": "", "toolChoice": "sometimes"}}})
@@ -1102,3 +1160,23 @@ async def test_sim_audio_formats(gw, sim, connect, audio, formats, sent, appende
     appends = [e for e in sim.connections[0].received_json() if e["type"] == "input_audio_buffer.append"]
     assert [base64.b64decode(e["audio"]) for e in appends] == [appended]
     assert sum(len(f) for f in client.frames if isinstance(f, bytes)) == reply_bytes
+
+
+async def test_repeated_upstream_warnings_are_rate_limited(gw, fake, connect):
+    """Issue 16 §5: 2,000 invalid audio deltas write a handful of warning lines, and the
+    session's closing line counts the rest."""
+    client, conn = await ready(gw, fake, connect)
+    bad = {"type": "response.output_audio.delta", "response_id": "r1", "item_id": "i1", "delta": "!!not base64!!"}
+    await conn.send(*([bad] * 2000))
+    await upstream_marker(conn, client)  # every bad delta was handled before this marker
+    await client.ws.aclose()
+    name = "upstream audio delta is not base64"
+    with trio.fail_after(5):
+        while not re.search(rf"session closed .*suppressed=.*{name}", gw.output):
+            await trio.sleep(0.02)
+    lines = [line for line in gw.output.splitlines() if f" warning worker.openai {name}" in line]
+    closing = [line for line in gw.output.splitlines() if "session closed" in line and name in line][-1]
+    assert 1 <= len(lines) <= 10, len(lines)
+    shown = sum(int(m) for line in lines for m in re.findall(r"suppressed=(\d+)", line))
+    hidden = int(re.search(r"upstream audio delta is not base64[^0-9]+(\d+)", closing).group(1))
+    assert len(lines) + shown + hidden == 2000, (len(lines), shown, hidden, closing)

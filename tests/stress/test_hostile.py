@@ -164,13 +164,6 @@ async def stream_session(port: int, count: int, interval: float, got: list[bytes
     await client.aclose()
 
 
-@pytest.fixture
-async def echo(nursery):
-    up = SlowUpstream("echo")
-    up.port = await nursery.start(up.serve)
-    return up
-
-
 def echo_url(up: SlowUpstream) -> str:
     return f"ws://127.0.0.1:{up.port}"
 

@@ -93,7 +93,8 @@ class Gateway:
                 last = self.ready()
             except (OSError, ValueError):
                 last = {}
-            if last.get("_status") == 200:
+            services = last.get("services", {}).values()
+            if last.get("_status") == 200 and all(s["ready"] for s in services if s["enabled"]):
                 self.remember_workers(last)
                 return last
             time.sleep(0.05)

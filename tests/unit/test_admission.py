@@ -74,3 +74,16 @@ def test_caps_order_and_codes():
     rej = check(head(("origin", "https://ok")), [("token", "t")], per_ip=1)
     assert rej.status == 429 and rej.retry_after
     assert check(head(("origin", "https://ok")), [("token", "t")]) is None
+
+
+def test_no_origin_with_a_valid_token_is_a_server_client():
+    """Issue 16 §4: the allow-list guards browsers (which always send Origin)."""
+    token, _ = mint_token("k", ttl=60, origin="https://ok", provider="openai")
+    adm = Admission(AdmissionConfig(allowed_origins=("https://ok",), client_tokens=("t",), token_secret="k"))
+    check = lambda h, q: adm.check(h, q, "openai", "ip", total_sessions=0, ip_sessions=0, now=0)  # noqa: E731
+    assert check(head(), [("token", "t")]) is None
+    assert check(head(("authorization", "Bearer t")), []) is None
+    assert check(head(), []).status == 403
+    assert check(head(), [("token", "wrong")]).status == 403
+    assert check(head(), [("token", token)]).status == 403  # bound to a browser origin
+    assert check(head(("origin", "https://evil")), [("token", "t")]).status == 403

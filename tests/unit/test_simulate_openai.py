@@ -650,6 +650,33 @@ async def test_speech_during_a_response_cancels_it(slow_sim: OpenAISimulator) ->
     assert "response.output_audio.delta" not in types(events)
 
 
+async def test_client_cancel_then_truncate_the_played_audio(nursery: trio.Nursery) -> None:
+    """What a barge-in handler does: cancel the live response, then cut its audio item at what
+    was played; the item cannot be cut past the audio it has."""
+    paced = OpenAISimulator(api_key=API_KEY, audio_pace=0.5)  # chunks 2-3 held back 0.5 s each
+    await nursery.start(paced.serve)
+    async with connect(paced) as client:
+        await client.recv()
+        await client.send(user_text("tell me a story"))
+        await client.send({"type": "response.create"})
+        rid = (await client.until("response.created"))[-1]["response"]["id"]
+        delta = (await client.until("response.output_audio.delta"))[-1]
+        await client.send({"type": "response.cancel", "response_id": rid})
+        events = await client.until("response.done")
+        done = events[-1]["response"]
+        assert done["id"] == rid and done["status"] == "cancelled"
+        assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+        assert "response.output_audio.delta" not in types(events)  # the rest never came
+        item_id = delta["item_id"]
+        truncate = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0}
+        await client.send({**truncate, "audio_end_ms": 100})
+        truncated = (await client.until("conversation.item.truncated"))[-1]
+        assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == 100
+        await client.send({**truncate, "audio_end_ms": 5000})
+        error = (await client.until("error"))[-1]["error"]
+        assert error["code"] == "invalid_value" and error["param"] == "audio_end_ms"
+
+
 async def test_response_cancel_without_active_response(sim: OpenAISimulator) -> None:
     async with connect(sim) as client:
         await client.recv()

@@ -359,7 +359,8 @@ def test_d13_inject_agent_message_refused_while_busy():
     h.ready()
     h.up({"type": "input_audio_buffer.speech_started"})
     out = h.client({"type": "InjectAgentMessage", "message": "x"})
-    assert out.client == [{"type": "InjectionRefused"}] and out.up == []
+    assert out.client_types == ["InjectionRefused"] and out.up == []
+    assert out.client[0]["message"]  # the SDK's model requires a reason
     h.up({"type": "input_audio_buffer.speech_stopped"})
     h.up({"type": "response.created", "response": {"id": "r"}})
     assert h.client({"type": "InjectAgentMessage", "message": "x"}).client_types == [
@@ -386,7 +387,7 @@ def test_d13_update_speak_unsupported():
     [
         ({"type": "Foo"}, '"Foo"'),
         ({"type": "CloseStream"}, '"CloseStream"'),
-        ({"type": "UpdateThink"}, '"UpdateThink"'),
+        ({"type": "UpdateThinkLive"}, '"UpdateThinkLive"'),
         ({"no": "type"}, "(missing type)"),
         ([1, 2], "(missing type)"),
         (7, "(missing type)"),
@@ -894,6 +895,8 @@ def test_d35_gateway_limits_error_then_close(limit, client_code, upstream_code):
     assert kinds == ["SendClient", "CloseClient", "CloseUpstream"]
     assert out.of(CloseClient)[0].code == client_code
     assert out.of(CloseUpstream)[0].code == upstream_code
+    # The limit's code is the close reason on both legs, as on the splice (issue 16 §7).
+    assert out.of(CloseClient)[0].reason == out.of(CloseUpstream)[0].reason == limit
     assert h.t.closed
 
 

@@ -47,6 +47,8 @@ CLIENT_TYPES = [
     "UpdatePrompt",
     "InjectAgentMessage",
     "UpdateSpeak",
+    "UpdateThink",
+    "UpdateListen",
     "CloseStream",
     "Foo",
 ]
@@ -95,6 +97,15 @@ def client_json(draw):
         for key in ("content", "id", "result", "error", "prompt", "message"):
             if draw(st.booleans()):
                 msg[key] = draw(st.one_of(st.text(max_size=8), small_ids, json_value))
+        if draw(st.booleans()):
+            msg["behavior"] = draw(st.sampled_from(["default", "queue", "interrupt", "x", None]))
+        if draw(st.booleans()):
+            msg["think"] = draw(st.one_of(json_value, st.fixed_dictionaries(
+                {"prompt": st.text(max_size=4), "provider": json_value, "functions": json_value})))
+        if draw(st.booleans()):
+            msg["listen"] = {"provider": draw(st.one_of(json_value, st.fixed_dictionaries(
+                {"eot_threshold": json_value, "eot_timeout_ms": json_value, "keyterms": json_value,
+                 "language": json_value})))}
     return orjson.dumps(msg).decode()
 
 
@@ -144,7 +155,16 @@ def upstream_event(draw):
         }
     if draw(st.booleans()):
         event["response"] = draw(
-            st.one_of(json_value, st.fixed_dictionaries({"id": small_ids, "output": json_value}))
+            st.one_of(
+                json_value,
+                st.fixed_dictionaries(
+                    {
+                        "id": small_ids,
+                        "output": json_value,
+                        "status": st.sampled_from(["completed", "cancelled", None]),
+                    }
+                ),
+            )
         )
     if draw(st.booleans()):
         event["delta"] = draw(
@@ -236,9 +256,9 @@ def check(actions: list, state: dict) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(operation, max_size=40))
-def test_random_input_never_raises(ops):
-    t = Translator(request_id="fuzz", deferred_create_timeout=0.5)
+@given(ops=st.lists(operation, max_size=40), dialect=st.sampled_from(["reference", "deepgram"]))
+def test_random_input_never_raises(ops, dialect):
+    t = Translator(request_id="fuzz", deferred_create_timeout=0.5, dialect=dialect)
     state = {"client_closed": False, "upstream_closed": False}
     check(t.start(), state)
     for op, arg in ops:
@@ -267,9 +287,12 @@ def test_random_input_never_raises(ops):
 
 
 @settings(max_examples=60, deadline=None)
-@given(frames=st.lists(st.one_of(client_frame, upstream_frame), max_size=30))
-def test_a_ready_session_survives_any_frames(frames):
-    t = Translator(request_id="fuzz")
+@given(
+    frames=st.lists(st.one_of(client_frame, upstream_frame), max_size=30),
+    dialect=st.sampled_from(["reference", "deepgram"]),
+)
+def test_a_ready_session_survives_any_frames(frames, dialect):
+    t = Translator(request_id="fuzz", dialect=dialect)
     state = {"client_closed": False, "upstream_closed": False}
     check(t.start() + t.upstream_open(), state)
     check(t.client_message('{"type":"Settings"}'), state)

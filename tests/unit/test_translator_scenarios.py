@@ -811,8 +811,8 @@ def test_v13_inject_agent_message():
     assert out.client[0] == conv("assistant", "Still there?")
     assert "response.create" not in s.up.types()
     s.send({"type": "InjectUserMessage", "content": "q"})  # a response becomes active
-    assert s.send({"type": "InjectAgentMessage", "message": "x"}).client == [
-        {"type": "InjectionRefused"}
+    assert s.send({"type": "InjectAgentMessage", "message": "x"}).client_types == [
+        "InjectionRefused"
     ]
     assert s.send({"type": "UpdateSpeak"}).error_codes == ["unsupported_client_message"]
     assert [m for m in s.client if m == conv("assistant", "Still there?")] == [

@@ -41,6 +41,9 @@ Serving
     ``handler(conn: SimConnection)``. The raw TCP stream is always closed afterwards (also
     after a reject, which trio-websocket alone leaves open). Messages up to 16 MiB are
     accepted (``MAX_MESSAGE_BYTES``). Runs until cancelled.
+    With ``http_handler=`` (``async (HttpExchange) -> (status, headers, body)``), a request
+    that is not a WebSocket upgrade is read whole and answered by it instead (the OpenAI
+    simulator's WebRTC ``/v1/realtime/calls``); upgrades are served as before.
     ``SimConnection`` - what a handler gets: ``record``, ``stream``, ``ws`` (after accept),
     ``async reject(status, body, *, headers=())`` (body: bytes, str or JSON-able object),
     ``async accept(subprotocol=None)``, ``async send(message)``, ``async receive()`` (raises
@@ -70,9 +73,11 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+import h11
 import numpy as np
 import orjson
 import trio
@@ -83,6 +88,8 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
+from voxgate.workers.streams import PrefixedStream
+
 __all__ = [
     "FAULT_KINDS",
     "FAULT_PARAM",
@@ -92,6 +99,7 @@ __all__ = [
     "Drop",
     "Fault",
     "Frame",
+    "HttpExchange",
     "SimConnection",
     "SimSession",
     "parse_fault",
@@ -390,6 +398,89 @@ async def _read_request(
     return request, shim
 
 
+@dataclass
+class HttpExchange:
+    """A plain HTTP request (not a WebSocket upgrade) a simulator answered."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: list[tuple[str, str]]  # names lower-case
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+    def query_value(self, name: str) -> str | None:
+        return next((v for k, v in self.query if k == name), None)
+
+
+HttpHandler = Callable[[HttpExchange], Awaitable[tuple[int, list[tuple[str, str]], bytes]]]
+MAX_HTTP_BODY = 1 << 20
+
+
+async def _answer_http(stream: trio.SocketStream, handler: HttpHandler, timeout: float) -> bytes | None:
+    """Read one request head. A WebSocket upgrade: return every byte read (the caller replays
+    them). Anything else: read the body, answer with `handler`, return None."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 << 10)
+    raw = bytearray()
+    request: h11.Request | None = None
+    body = bytearray()
+    with trio.move_on_after(timeout):
+        for _ in range(10_000):
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                await _send_quietly(stream, _http_bytes(400, [], b"bad request"))
+                return None
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return None
+                raw += data
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+                headers = {k.lower(): v.lower() for k, v in event.headers}
+                if event.method == b"GET" and headers.get(b"upgrade") == b"websocket":
+                    return bytes(raw)
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_HTTP_BODY:
+                    await _send_quietly(stream, _http_bytes(413, [], b"too large"))
+                    return None
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return None
+    if request is None or conn.their_state is not h11.DONE:
+        return None
+    path, query = _split_target(request.target.decode("latin-1"))
+    exchange = HttpExchange(
+        method=request.method.decode("ascii", "replace"),
+        path=path,
+        query=query,
+        headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers],
+        body=bytes(body),
+    )
+    status, headers, payload = await handler(exchange)
+    await _send_quietly(stream, _http_bytes(status, headers, payload))
+    return None
+
+
+def _http_bytes(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    all_headers = [*headers, ("Content-Length", str(len(body))), ("Connection", "close")]
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", *(f"{k}: {v}" for k, v in all_headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
 async def serve_websocket(
     handler: Handler,
     records: list[ConnectionRecord],
@@ -399,8 +490,10 @@ async def serve_websocket(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     handshake_timeout: float = 10.0,
     fault_kinds: Mapping[str, bool] = FAULT_KINDS,
+    http_handler: HttpHandler | None = None,
 ) -> None:
-    """Serve simulated WebSocket connections until cancelled (see the module docstring)."""
+    """Serve simulated WebSocket connections until cancelled (see the module docstring).
+    With `http_handler`, a request that is not a WebSocket upgrade is answered by it."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
 
@@ -408,7 +501,14 @@ async def serve_websocket(
         conn: SimConnection | None = None
         try:
             async with trio.open_nursery() as nursery:
-                request, reader = await _read_request(nursery, stream, handshake_timeout)
+                ws_stream: Any = stream
+                if http_handler is not None:
+                    prefix = await _answer_http(stream, http_handler, handshake_timeout)
+                    if prefix is None:
+                        nursery.cancel_scope.cancel()
+                        return
+                    ws_stream = PrefixedStream(stream, prefix)
+                request, reader = await _read_request(nursery, ws_stream, handshake_timeout)
                 if request is None:
                     nursery.cancel_scope.cancel()
                     return
@@ -420,7 +520,7 @@ async def serve_websocket(
                     subprotocols=list(request.proposed_subprotocols),
                 )
                 records.append(record)
-                conn = SimConnection(stream, request, record)
+                conn = SimConnection(ws_stream, request, record)
                 try:
                     record.fault = parse_fault(record.query_value(FAULT_PARAM), fault_kinds)
                 except ValueError as exc:

@@ -51,6 +51,7 @@ from voxgate.simulate.common import (
     ConnectionRecord,
     Drop,
     Fault,
+    HttpExchange,
     SimConnection,
     rms_pcm16,
     run_session,
@@ -58,7 +59,7 @@ from voxgate.simulate.common import (
     tone_pcm16,
 )
 
-__all__ = ["OPENAI_FAULT_KINDS", "OpenAISimulator", "RealtimeSession", "run"]
+__all__ = ["OPENAI_FAULT_KINDS", "CallRecord", "OpenAISimulator", "RealtimeSession", "run", "sdp_answer"]
 
 DEFAULT_MODEL = "gpt-realtime"
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant. (voxgate simulator)"
@@ -535,9 +536,11 @@ class RealtimeSession:
         fault: Fault | None = None,
         reply_delay: float = 0.0,
         expires_at: int | None = None,
+        audio_pace: float = 0.0,
     ) -> None:
         self.fault = fault
         self.reply_delay = reply_delay
+        self.audio_pace = audio_pace  # seconds between reply audio chunks (0: all at once)
         self.session = default_session(
             model, expires_at=expires_at if expires_at is not None else int(time.time()) + 3600
         )
@@ -548,6 +551,7 @@ class RealtimeSession:
         self._active: _Response | None = None
         self._assistant_audio_sent = False
         self._transcripts: dict[str, str] = {}
+        self._item_audio_ms: dict[str, int] = {}  # assistant item -> ms of audio generated
         self._buffer = bytearray()
         self._audio_ms = 0.0  # audio clock: ms of input audio appended this session
         self._vad = _Vad()
@@ -786,6 +790,17 @@ class RealtimeSession:
             raise _Invalid("invalid_value", "Only assistant messages can be truncated.", "item_id")
         content_index = event.get("content_index", 0)
         audio_end_ms = event.get("audio_end_ms", 0)
+        if not isinstance(audio_end_ms, int) or isinstance(audio_end_ms, bool) or audio_end_ms < 0:
+            raise _Invalid(
+                "invalid_type", "Invalid 'audio_end_ms': expected an integer >= 0.", "audio_end_ms"
+            )
+        length = self._item_audio_ms.get(item["id"], 0)
+        if audio_end_ms > length:
+            raise _Invalid(
+                "invalid_value",
+                f"Audio content of {length}ms is already shorter than {audio_end_ms}ms",
+                "audio_end_ms",
+            )
         for part in item.get("content", []):
             if part.get("type") == "output_audio":
                 part["transcript"] = ""
@@ -1126,6 +1141,7 @@ class RealtimeSession:
                 )
                 fmt = s["audio"]["output"]["format"]
                 audio = reply_audio(fmt)
+                self._item_audio_ms[item_id] = len(audio) // _bytes_per_ms(fmt)
                 chunk = REPLY_CHUNK_MS * _bytes_per_ms(fmt)
                 chunks = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
                 words = _pieces(text)
@@ -1143,6 +1159,7 @@ class RealtimeSession:
                                 **ids,
                                 delta=base64.b64encode(chunks[i]).decode(),
                             ),
+                            delay=self.audio_pace if i else 0.0,
                             on_send=self._mark_audio_sent,
                         )
                 tag(self._event("response.output_audio.done", **ids))
@@ -1439,6 +1456,66 @@ def _normalise_item(item: Any) -> dict[str, Any]:
 # Network shell
 
 
+@dataclass
+class CallRecord:
+    """One WebRTC call set-up (`POST /v1/realtime/calls`) as the simulator saw it."""
+
+    headers: list[tuple[str, str]]
+    query: list[tuple[str, str]]
+    content_type: str
+    offer: str | None = None
+    session: dict[str, Any] | None = None  # the session configuration as applied
+    status: int | None = None
+    answer: str | None = None
+    call_id: str | None = None
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+def sdp_answer(offer: str) -> str:
+    """A well-formed SDP answer to `offer`: the same media sections and mids, this side's ICE
+    credentials, DTLS fingerprint and role, opus for audio, and a host candidate."""
+    lines = [line for line in offer.replace("\r\n", "\n").split("\n") if line]
+    sections: list[list[str]] = [[]]
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    ufrag, pwd = secrets.token_hex(4), secrets.token_hex(12)
+    fingerprint = ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
+    mids = [next((x[6:] for x in sec if x.startswith("a=mid:")), str(i)) for i, sec in enumerate(sections[1:])]
+    out = [
+        "v=0",
+        f"o=- {secrets.randbelow(1 << 62)} 1 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE " + " ".join(mids),
+        "a=msid-semantic:WMS *",
+        f"a=fingerprint:sha-256 {fingerprint}",
+    ]
+    for mid, section in zip(mids, sections[1:], strict=True):
+        kind = section[0].split()[0][2:]
+        if kind == "audio":
+            out += ["m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", "a=rtcp-mux",
+                    "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1",
+                    "a=sendrecv"]
+        elif kind == "application":
+            out += ["m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "c=IN IP4 0.0.0.0",
+                    "a=sctp-port:5000"]
+        else:
+            out += [f"m={kind} 0 UDP/TLS/RTP/SAVPF 0", "c=IN IP4 0.0.0.0", "a=inactive"]
+        out += [f"a=mid:{mid}", f"a=ice-ufrag:{ufrag}", f"a=ice-pwd:{pwd}", "a=setup:active",
+                "a=candidate:1 1 udp 2130706431 127.0.0.1 3478 typ host"]
+    return "\r\n".join(out) + "\r\n"
+
+
+def _openai_error(status: int, message: str, code: str | None, param: str | None = None,
+                  kind: str = "invalid_request_error") -> tuple[int, list[tuple[str, str]], bytes]:
+    body = {"error": {"message": message, "type": kind, "code": code, "param": param}}
+    return status, [("Content-Type", "application/json")], orjson.dumps(body)
+
+
 def _bearer(record: ConnectionRecord) -> str | None:
     auth = record.header("authorization")
     if auth is not None:
@@ -1453,10 +1530,12 @@ def _bearer(record: ConnectionRecord) -> str | None:
 class OpenAISimulator:
     """A simulated OpenAI Realtime endpoint; ``connections`` records every connection."""
 
-    def __init__(self, *, api_key: str, reply_delay: float = 0.0) -> None:
+    def __init__(self, *, api_key: str, reply_delay: float = 0.0, audio_pace: float = 0.0) -> None:
         self._api_key = api_key
         self.reply_delay = reply_delay
+        self.audio_pace = audio_pace
         self.connections: list[ConnectionRecord] = []
+        self.calls: list[CallRecord] = []  # WebRTC call set-ups, in arrival order
         self.sessions: dict[ConnectionRecord, RealtimeSession] = {}
         self.port: int | None = None
 
@@ -1475,6 +1554,7 @@ class OpenAISimulator:
             host,
             port,
             fault_kinds=OPENAI_FAULT_KINDS,
+            http_handler=self._http,
         )
         async with trio.open_nursery() as nursery:
             self.port = await nursery.start(serve)
@@ -1483,6 +1563,51 @@ class OpenAISimulator:
     def push(self, record: ConnectionRecord, event: dict[str, Any] | str) -> None:
         """Send an extra server frame on a live connection (scripted upstream behaviour)."""
         self.sessions[record].push(event)
+
+    async def _http(self, exchange: HttpExchange) -> tuple[int, list[tuple[str, str]], bytes]:
+        """`POST /v1/realtime/calls`: an SDP offer (application/sdp, or multipart `sdp` +
+        `session`) answered with 201, an SDP answer and the call's Location."""
+        from voxgate.workers.openai.calls import OfferError, parse_offer
+
+        if exchange.path != "/v1/realtime/calls":
+            return _openai_error(404, "Not found.", "not_found")
+        if exchange.method != "POST":
+            return _openai_error(405, "Method not allowed.", "method_not_allowed")
+        record = CallRecord(
+            headers=exchange.headers,
+            query=exchange.query,
+            content_type=exchange.header("content-type") or "",
+        )
+        self.calls.append(record)
+        auth = exchange.header("authorization") or ""
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self._api_key.encode()
+        ):
+            record.status = 401
+            return _openai_error(401, "Incorrect API key provided.", "invalid_api_key")
+        try:
+            offer = parse_offer(record.content_type, exchange.body)
+        except OfferError as exc:
+            record.status = exc.status
+            return _openai_error(exc.status, exc.message, exc.code)
+        record.offer = offer.sdp
+        model = (offer.session or {}).get("model") or exchange.query_value("model") or DEFAULT_MODEL
+        try:
+            session = apply_session_update(
+                default_session(str(model), expires_at=int(time.time()) + 3600),
+                offer.session or {"type": "realtime"},
+                has_assistant_audio=False,
+            )
+        except _Invalid as exc:
+            record.status = 400
+            return _openai_error(400, exc.message, exc.code, exc.param)
+        record.session = session
+        record.status = 201
+        record.answer = sdp_answer(offer.sdp)
+        record.call_id = _new_id("rtc")
+        headers = [("Content-Type", "application/sdp"), ("Location", f"/v1/realtime/calls/{record.call_id}")]
+        return 201, headers, record.answer.encode()
 
     async def _handle(self, conn: SimConnection) -> None:
         record = conn.record
@@ -1521,6 +1646,7 @@ class OpenAISimulator:
             model=record.query_value("model") or DEFAULT_MODEL,
             fault=record.fault,
             reply_delay=self.reply_delay,
+            audio_pace=self.audio_pace,
         )
         if (record.header("openai-beta") or "").startswith("realtime="):
             # The GA endpoint refuses the beta protocol shape right after the upgrade.

@@ -188,10 +188,13 @@ class Admission:
         total_sessions: int, ip_sessions: int, now: float,
     ) -> Rejection | None:
         origin = head.header("origin")
+        token = offered_token(head, query)
         if not self.origin_allowed(origin):
-            return Rejection(403, "origin", "Origin not allowed")
+            # Browsers always send Origin: a request without one is a server-side client,
+            # and a valid client token admits it (the allow-list guards browsers).
+            if not (origin is None and token is not None and self._token_ok(token, None, provider)):
+                return Rejection(403, "origin", "Origin not allowed")
         if self.config.auth_required:
-            token = offered_token(head, query)
             if token is None:
                 return Rejection(401, "token_missing", "A client token is required")
             if not self._token_ok(token, origin, provider):

@@ -61,6 +61,12 @@ class Router:
             f"{proxy_path}/v1/speak": Route(DEEPGRAM, "speak"),
         }
 
+    def http_route(self, method: str, path: str) -> Route | None:
+        """A plain HTTP request a worker serves: the WebRTC call set-up (a POST)."""
+        if path == "/openai/v1/realtime/calls" and method == "POST":
+            return Route(OPENAI, "calls")
+        return None
+
     def websocket_route(self, path: str, query: list[tuple[str, str]]) -> Route | None:
         """The worker route for a WebSocket path, or None when no provider serves it."""
         if path == self.proxy_path:

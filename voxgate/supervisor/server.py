@@ -18,7 +18,6 @@ import orjson
 import trio
 
 from voxgate.config import KEY_VARS, Config
-from voxgate.control import ChannelClosed
 from voxgate.logs import EventLog
 from voxgate.supervisor import metrics
 from voxgate.supervisor.admission import (
@@ -34,6 +33,9 @@ from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_valu
 from voxgate.supervisor.workers import ProviderPool, Worker
 
 HANDOFF_ATTEMPTS = 3
+MAX_POST_BODY = 64 << 10
+"""A POST body is read whole before the hand-off (token requests; WebRTC SDP offers, which
+with a session configuration run to a few KiB)."""
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -108,10 +110,12 @@ class Supervisor:
 
     # -- plain HTTP ---------------------------------------------------------------------
 
-    def readiness(self) -> tuple[int, dict[str, Any]]:
-        """`/readyz`: per provider enabled/ready/workers; 503 when draining or a provider is down."""
+    def readiness(self, only: str | None = None) -> tuple[int, dict[str, Any]]:
+        """`/readyz`: per provider enabled/ready/workers. 200 while at least one enabled
+        provider can serve, so one crash-looping provider does not take the healthy one out
+        of a load balancer (issue 16 §2); 503 when none can, or while draining.
+        `only` (`/readyz/<provider>`) answers for that provider alone."""
         services: dict[str, Any] = {}
-        ok = not self.draining
         for provider, path in (("deepgram", self.config.proxy_path), ("openai", "/openai")):
             pool = self.pools.get(provider)
             if pool is None:
@@ -120,16 +124,21 @@ class Supervisor:
                     "reason": f"{KEY_VARS[provider]} not set", "workers": [], "sessions": 0,
                 }
                 continue
-            ready = bool(pool.ready_workers())
-            ok = ok and ready
             workers = pool.snapshot()
             services[provider] = {
-                "enabled": True, "path": path, "ready": ready, "workers": workers,
+                "enabled": True, "path": path, "ready": bool(pool.ready_workers()), "workers": workers,
                 "sessions": sum(w["sessions"] for w in workers), "restarts": pool.restarts,
             }
+        enabled = [name for name, svc in services.items() if svc["enabled"] and (only is None or name == only)]
+        down = [name for name in enabled if not services[name]["ready"]]
+        ok = not self.draining and len(down) < len(enabled)
+        if self.draining:
+            status = "draining"
+        else:
+            status = "ready" if not down else ("degraded" if ok else "not_ready")
         body = {
-            "status": "draining" if self.draining else ("ready" if ok else "not_ready"),
-            "ready": ok, "port": self.port, "https": self.tls, "services": services,
+            "status": status, "ready": ok, "not_ready": down,
+            "port": self.port, "https": self.tls, "services": services,
         }
         return (200 if ok else 503), body
 
@@ -177,18 +186,24 @@ class Supervisor:
 
     def http_answer(self, head: Head, path: str) -> bytes:
         endpoint = HTTP_ENDPOINTS.get(path)
+        only = None
+        if endpoint is None and path.startswith(("/readyz/", "/ready/")):
+            only = path.rsplit("/", 1)[1]
+            endpoint = "readyz" if only in KEY_VARS else None
         if head.method == "OPTIONS":
             return self.cors_preflight(head)
         if head.method == "POST" and endpoint == "tokens":
             return self.mint(head)
         if head.method not in ("GET", "HEAD") or endpoint is None:
+            if self.router.http_route("POST", path) is not None:
+                return response(405, "Method Not Allowed", headers=[("Allow", "POST, OPTIONS")], tls=self.tls)
             if self.router.websocket_route(path, []) is not None and head.method == "GET":
                 return response(426, "Upgrade Required", headers=[("Upgrade", "websocket")], tls=self.tls)
             return response(404, "Not Found", tls=self.tls)
         if endpoint == "healthz":
             return response(200, {"status": "ok"}, tls=self.tls)
         if endpoint == "readyz":
-            status, body = self.readiness()
+            status, body = self.readiness(only)
             return response(status, body, tls=self.tls)
         if endpoint == "metrics":
             return response(
@@ -233,17 +248,21 @@ class Supervisor:
         """Answer or hand off; returns the stream now owned by a worker's end, or None."""
         try:
             head = await read_head(
-                stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout, max_body=8192
+                stream, max_bytes=self.config.head_max_bytes, timeout=self.config.head_timeout,
+                max_body=MAX_POST_BODY,
             )
         except HeadError as exc:
             self.log.info("request rejected", status=exc.status, reason=exc.detail)
             await self._send(stream, response(exc.status, tls=self.tls))
             return None
         path, query = split_target(head.target)
-        if not head.is_websocket:
-            await self._send(stream, self.http_answer(head, path))
-            return None
-        route = self.router.websocket_route(path, query)
+        if head.is_websocket:
+            route = self.router.websocket_route(path, query)
+        else:
+            route = self.router.http_route(head.method, path)  # admitted like any session
+            if route is None:
+                await self._send(stream, self.http_answer(head, path))
+                return None
         if route is None:
             await self._send(stream, response(404, "Not Found", tls=self.tls))
             return None
@@ -285,7 +304,7 @@ class Supervisor:
         trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
         header = {
             "t": "conn", "sid": sid, "route": route.kind, "peer": ip,
-            "head_len": head.head_len, "trace": trace[:128],
+            "head_len": head.head_len, "trace": trace[:128], "tls": self.tls,
         }
         for _ in range(HANDOFF_ATTEMPTS):
             worker: Worker | None = await pool.wait_for_worker(self.config.worker_wait)
@@ -295,16 +314,17 @@ class Supervisor:
                 ours, theirs = stream, stream.socket
             else:
                 ours, theirs = _socket_pair()
+            self.log.debug("handing off", sid=sid, route=route.name, worker=worker.worker_id)
             try:
-                await worker.hand_off(header, head.raw, theirs.fileno())
-            except ChannelClosed:
-                if ours is not stream:
-                    ours.socket.close()
-                    theirs.close()
-                continue
+                taken = await worker.hand_off(header, head.raw, theirs.fileno(), self.config.worker_timeout + 2)
             finally:
                 if ours is not stream:
                     theirs.close()
+            if not taken:
+                self.log.warning("hand-off failed, retrying", route=route.name, sid=sid, worker=worker.worker_id)
+                if ours is not stream:
+                    ours.socket.close()
+                continue
             self.metrics.sessions_total.labels(route.provider, route.kind).inc()
             self.log.debug("handed off", sid=sid, trace=header["trace"], route=route.name, worker=worker.worker_id)
             return ours

@@ -53,6 +53,14 @@ class SessionRef:
     route: str
 
 
+@dataclass(slots=True)
+class PendingHandOff:
+    """A socket sent to a worker that has not yet said it took it."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    taken: bool = False
+
+
 @dataclass
 class Worker:
     """One running worker process as the supervisor sees it."""
@@ -64,6 +72,7 @@ class Worker:
     state: str = "starting"  # starting | ready | draining | gone
     sessions: dict[str, SessionRef] = field(default_factory=dict)
     last_heartbeat: float = 0.0
+    pending: dict[str, PendingHandOff] = field(default_factory=dict)  # sid -> awaiting "took"
 
     @property
     def pid(self) -> int:
@@ -73,19 +82,45 @@ class Worker:
     def load(self) -> int:
         return len(self.sessions)
 
-    async def hand_off(self, header: dict[str, Any], payload: bytes, fd: int) -> None:
-        """Send a client socket to this worker; raises ChannelClosed if it is gone.
+    async def hand_off(self, header: dict[str, Any], payload: bytes, fd: int, ack_timeout: float) -> bool:
+        """Send a client socket to this worker and wait until it says it took it. False when
+        it refused (draining) or died first: a socket still queued in a dead worker's
+        channel is lost with it, so the caller keeps its own copy until this returns and
+        can try another worker or answer 503 (issue 16 §3).
 
-        The session is counted before the send: the send yields after the fd is delivered,
-        and a worker can end a short session and report "end" in that gap; counting after
-        would leak a session that then holds a slot of every cap for good."""
+        The session is counted before the send: a worker can end a short session and
+        report "end" before we run again; counting after would leak a session that then
+        holds a slot of every cap for good."""
         sid = header["sid"]
         self.sessions[sid] = SessionRef(header.get("peer", ""), header.get("route", ""))
+        pending = self.pending[sid] = PendingHandOff()
         try:
             await self.channel.send(header, payload, fd)
-        except BaseException:
-            self.sessions.pop(sid, None)
-            raise
+            # The channel closing (worker gone) settles every pending hand-off; the timeout
+            # is a safety net beyond the hung-worker watchdog.
+            with trio.move_on_after(ack_timeout):
+                await pending.done.wait()
+        except ChannelClosed:
+            self.fail_pending()
+        finally:
+            self.pending.pop(sid, None)
+            if not pending.taken:
+                self.sessions.pop(sid, None)
+        return pending.taken
+
+    def settle(self, sid: str, taken: bool) -> None:
+        """The worker's answer to a hand-off ("took" or "refused")."""
+        pending = self.pending.get(sid)
+        if pending is not None:
+            pending.taken = taken
+            pending.done.set()
+
+    def fail_pending(self) -> None:
+        """The worker is gone: every socket it had not taken is back with the supervisor,
+        and no new one is sent its way."""
+        self.state = "gone"
+        for pending in self.pending.values():
+            pending.done.set()
 
     def snapshot(self) -> dict[str, Any]:
         return {"id": self.worker_id, "pid": self.pid, "state": self.state, "sessions": self.load}
@@ -192,6 +227,7 @@ class Slot:
 
     async def _reap(self, worker: Worker) -> None:
         worker.state = "gone"
+        worker.fail_pending()
         worker.sessions.clear()
         if worker.process.returncode is None:
             _kill(worker.process)
@@ -204,6 +240,7 @@ class Slot:
             try:
                 msg = await worker.channel.receive()
             except ChannelClosed:
+                worker.fail_pending()
                 # The process is going away; give it a moment to exit on its own so its
                 # status is its own, then make sure. process.wait() ends the lifecycle.
                 with trio.move_on_after(2):
@@ -221,6 +258,8 @@ class Slot:
                         await self._send_drain(worker)
             elif kind == "hb":
                 self.pool.on_heartbeat(self.pool.provider, msg.header.get("stats", {}))
+            elif kind in ("took", "refused"):
+                worker.settle(msg.header.get("sid", ""), kind == "took")
             elif kind == "end":
                 worker.sessions.pop(msg.header.get("sid", ""), None)
 

@@ -64,11 +64,12 @@ class Session:
     peer: str
     trace: str
     stream: trio.SocketStream
-    handshake: ClientHandshake
+    handshake: ClientHandshake | None  # None for a plain HTTP route (`handler.plain_http`)
     config: Config
     log: logs.EventLog
     counters: WorkerCounters
     preread: bytes = b""  # every byte the supervisor read, request head included
+    tls: bool = False  # the client reached the supervisor over TLS (plain HTTP routes add HSTS)
     shutdown: trio.Event = field(default_factory=trio.Event)
     summary: dict[str, Any] = field(default_factory=dict)  # handler fills: codes, frames, bytes
     # (frames_up, frames_down, bytes_up, bytes_down) so far; set by the handler so traffic
@@ -128,10 +129,15 @@ class Worker:
                     msg = await channel.receive()
                     kind = msg.header.get("t")
                     if kind == "conn" and msg.fd is not None:
+                        # Say at once whether we took the socket: until then the supervisor
+                        # keeps its copy, so a socket never dies unanswered with a worker.
+                        sid = msg.header.get("sid", "")
                         if self.draining:
                             os.close(msg.fd)
+                            await channel.send({"t": "refused", "sid": sid})
                             continue
                         nursery.start_soon(self._session, channel, msg.header, msg.payload, msg.fd)
+                        await channel.send({"t": "took", "sid": sid})
                     elif kind == "drain":
                         nursery.start_soon(self.drain, float(msg.header.get("grace", self.config.grace)))
             except ChannelClosed:
@@ -188,8 +194,11 @@ class Worker:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         log = self.log.bind(sid=sid, trace=header.get("trace", sid))
         try:
-            handshake = ClientHandshake(pre, int(header.get("head_len", len(pre))))
             handler = self.handlers[route]
+            handshake = (
+                None if getattr(handler, "plain_http", False)
+                else ClientHandshake(pre, int(header.get("head_len", len(pre))))
+            )
         except (ValueError, KeyError):
             log.warning("session refused", route=route, reason="invalid hand-off")
             await trio.aclose_forcefully(stream)
@@ -198,7 +207,7 @@ class Worker:
         session = Session(
             sid=sid, route=route, peer=str(header.get("peer", "")), trace=str(header.get("trace", sid)),
             stream=stream, handshake=handshake, config=self.config, log=log, counters=self.counters,
-            preread=pre,
+            preread=pre, tls=bool(header.get("tls", False)),
         )
         self.sessions[sid] = session
         self.counters.sessions_total[route] += 1
@@ -215,7 +224,7 @@ class Worker:
                 self._idle.set()
                 self._idle = trio.Event()
                 session.summary["duration"] = round(trio.current_time() - started, 3)
-                log.info("session closed", route=route, **session.summary)
+                log.info("session closed", route=route, **session.summary, suppressed=log.suppressed() or None)
                 await self._ended(channel, sid, route, session.summary)
 
     async def _ended(self, channel: Channel, sid: str, route: str, summary: dict[str, Any]) -> None:

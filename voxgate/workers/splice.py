@@ -65,20 +65,13 @@ from voxgate.workers.frames import (
     xor_mask_at,
 )
 from voxgate.workers.keyscrub import PIECE, KeyScrubber, generic_close_reason
+from voxgate.workers.limits import LIMITS
 
 __all__ = ["SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
 CLOSE_TIMEOUT = 2.0  # how long the closing handshake may take before TCP is closed anyway
 MAX_OBSERVED_TEXT = 1 << 20  # larger upstream text messages are forwarded but not observed
 MAX_QUEUED_CONTROL = 64 * 1024  # control answers held for a peer that does not read
-
-LIMIT_CLIENT_CODES = {
-    "message_too_large": 1009,
-    "idle_timeout": 1000,
-    "session_max_duration": 1000,
-    "shutting_down": 1001,
-}
-LIMIT_UPSTREAM_CODES = {"shutting_down": 1001}  # others: 1000
 
 _WHOLE_MESSAGE_B0 = frozenset((0x80 | OP_TEXT, 0x80 | OP_BINARY))  # FIN + TEXT / BINARY
 
@@ -402,8 +395,9 @@ class _Splice:
         """A gateway limit ends the session: on_limit frames, then the limit's close codes."""
         if not self._end("limit:" + code):
             return
-        self._close_leg(self.c, LIMIT_CLIENT_CODES[code], code, self._limit_frames(code))
-        self._close_leg(self.up, LIMIT_UPSTREAM_CODES.get(code, 1000), code)
+        limit = LIMITS[code]
+        self._close_leg(self.c, limit.client_close, code, self._limit_frames(code))
+        self._close_leg(self.up, limit.upstream_close, code)
         self._flow()
 
     def _drain(self, leg: _Leg) -> None:
@@ -679,8 +673,14 @@ class _Splice:
             inject = None
             if self._end("limit:" + limit):
                 inject = self._limit_frames(limit)
-                self._close_leg(self.up, LIMIT_UPSTREAM_CODES.get(limit, 1000), limit)
-            self._close_leg(c, LIMIT_CLIENT_CODES[limit], limit, inject)
+                self._close_leg(self.up, LIMITS[limit].upstream_close, limit)
+            self._close_leg(c, LIMITS[limit].client_close, limit, inject)
+            # Refused from its header: the payload is never read, not even to drain it
+            # (issue 16 §6); TCP is closed once our close frame is out.
+            c.in_closed = True
+            self._flow()
+            self._check()
+            return
         # The rest of the client's byte stream cannot be parsed any more.
         if not c.in_closed:
             self._drain(c)

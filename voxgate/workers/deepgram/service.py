@@ -11,6 +11,7 @@ import orjson
 from voxgate.config import Config
 from voxgate.workers.deepgram.audio_done import SyntheticAgentAudioDone
 from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.limits import limit_for
 from voxgate.workers.passthrough import (
     GATEWAY_PARAMS,
     UpstreamProfile,
@@ -21,12 +22,6 @@ from voxgate.workers.runtime import Session
 
 DROP_PARAMS = GATEWAY_PARAMS | {"service"}
 KEEPALIVE = b'{"type":"KeepAlive"}'
-LIMIT_DESCRIPTIONS = {
-    "message_too_large": "Message exceeds the gateway's size limit.",
-    "idle_timeout": "Session closed by the gateway after inactivity.",
-    "session_max_duration": "Session reached the gateway's maximum duration.",
-    "shutting_down": "Gateway is shutting down.",
-}
 
 
 def upstream_url(config: Config, kind: str) -> str:
@@ -49,7 +44,8 @@ def agent_failure(err: UpstreamConnectError) -> list[bytes]:
 
 
 def agent_limit(code: str) -> list[bytes]:
-    return [error_payload(LIMIT_DESCRIPTIONS.get(code, "Session closed by the gateway."), code)]
+    limit = limit_for(code)
+    return [error_payload(limit.description, limit.code)]
 
 
 def choose_subprotocol(offered: list[str]) -> str | None:

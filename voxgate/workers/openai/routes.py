@@ -1,4 +1,5 @@
-"""Route table of the OpenAI worker: the translator and the raw Realtime relay."""
+"""Route table of the OpenAI worker: the translator, the raw Realtime relay and the WebRTC call
+set-up."""
 
 from __future__ import annotations
 
@@ -17,4 +18,16 @@ async def handle_translate(session: Session) -> None:
     await run_translator(session)
 
 
-HANDLERS: dict[str, Handler] = {"realtime": handle_realtime, "translate": handle_translate}
+async def handle_calls(session: Session) -> None:
+    from voxgate.workers.openai.calls import handle_calls as set_up
+
+    await set_up(session)
+
+
+handle_calls.plain_http = True  # type: ignore[attr-defined]  # a POST, not a WebSocket (runtime)
+
+HANDLERS: dict[str, Handler] = {
+    "realtime": handle_realtime,
+    "translate": handle_translate,
+    "calls": handle_calls,
+}

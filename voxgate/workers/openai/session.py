@@ -50,6 +50,7 @@ from voxgate.workers.openai.translator import (
     SendClient,
     SendUpstream,
     Translator,
+    dialect_for_path,
 )
 from voxgate.workers.runtime import Session
 
@@ -89,6 +90,7 @@ class TranslatorSession:
             strict=config.translator_strict,
             json_passthrough=config.translator_json_passthrough,
             max_pending_bytes=config.max_message_bytes * 4,
+            dialect=dialect_for_path(session.handshake.request.path),
         )
         self.max_pending = config.max_message_bytes * 4
         self.c = _Leg(MessageReader(masked=True, max_message=config.max_message_bytes))
@@ -420,13 +422,16 @@ class TranslatorSession:
             else:  # ("error", code, reason): this stream cannot be parsed any more
                 code, reason = event[1], event[2]
                 if code == 1009:
+                    # Refused from its frame header: the payload is never read, not even to
+                    # drain it (issue 16 §6); TCP is closed once our close frame is out.
                     feed(core.gateway_limit, "message_too_large")
+                    self._close_leg(c, code, reason)
+                    c.in_closed = True
                 else:
                     self.session.summary["client_code"] = code
                     self._close_leg(c, code, reason)
                     feed(core.client_closed, code, "")
-                self._close_leg(c, code, reason)
-                self._drain(c)
+                    self._drain(c)
                 self.done.set()
         if self.done.is_set():
             self._flow()

@@ -24,6 +24,11 @@ __all__ = [
     "map_settings",
     "user_message_event",
     "assistant_message_event",
+    "ListenChange",
+    "listen_session",
+    "ThinkChange",
+    "map_update_listen",
+    "map_update_think",
     "DEFAULT_TURN_DETECTION",
     "TOOL_RESULTS_SENTENCE",
 ]
@@ -320,6 +325,120 @@ def map_settings(settings: dict[str, Any], *, default_model: str) -> SessionPlan
         output_passthrough=output_passthrough,
         requested_model=requested_model,
     )
+
+
+# --- mid-session updates (the 2026 Voice Agent messages) ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkChange:
+    """What an `UpdateThink` changes; None = left as it is."""
+
+    prompt: str | None
+    model: str | None
+    tools: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenChange:
+    """What an `UpdateListen` changes on `audio.input`; None = left as it is."""
+
+    eot_timeout_ms: int | None
+    eagerness: str | None  # semantic_vad eagerness chosen from eot_threshold
+    language: str | None
+    keyterms: list[str] | None
+
+
+def map_update_think(message: dict[str, Any], *, default_model: str) -> ThinkChange | SettingsRejected:
+    """`UpdateThink.think` (one think object, or a fallback list whose first entry wins).
+
+    The prompt replaces the instructions (Deepgram semantics; `UpdatePrompt` is the one that
+    adds); a non-realtime model is not sent (D8: the upstream keeps its model); `functions`
+    replace the tools."""
+    think = message.get("think")
+    if isinstance(think, list):
+        think = next((t for t in think if isinstance(t, dict)), None)
+    if not isinstance(think, dict):
+        return SettingsRejected("invalid_client_message", "UpdateThink needs a 'think' object.")
+    prompt = think.get("prompt") if isinstance(think.get("prompt"), str) else None
+    model = _obj(think.get("provider")).get("model")
+    model = model if isinstance(model, str) and "realtime" in model else None
+    functions = think.get("functions")
+    tools = _tools(functions) if isinstance(functions, list) else None
+    if prompt is not None and functions:
+        prompt = _append_paragraph(prompt, TOOL_RESULTS_SENTENCE)
+    return ThinkChange(prompt=prompt, model=model, tools=tools)
+
+
+EOT_TIMEOUT_BOUNDS_MS = (200, 10000)
+
+
+def _eagerness(threshold: float) -> str:
+    """Flux's end-of-turn confidence threshold as semantic VAD eagerness: a higher threshold
+    waits for more confidence, i.e. is less eager."""
+    if threshold < 0.6:
+        return "high"
+    if threshold < 0.8:
+        return "medium"
+    return "low"
+
+
+def map_update_listen(message: dict[str, Any]) -> ListenChange | SettingsRejected:
+    """`UpdateListen.listen.provider` (Deepgram v1 or Flux v2 shape) as turn-detection and
+    transcription changes: `eot_threshold` -> semantic VAD eagerness, `eot_timeout_ms` ->
+    server VAD `silence_duration_ms`, `language`, `keyterms` -> the transcription prompt.
+    `model`, `eager_eot_threshold` and `language_hints` have no Realtime equivalent."""
+    provider = _obj(message.get("listen")).get("provider")
+    if not isinstance(provider, dict):
+        return SettingsRejected(
+            "invalid_client_message", "UpdateListen needs a 'listen.provider' object."
+        )
+    threshold = provider.get("eot_threshold")
+    timeout = provider.get("eot_timeout_ms")
+    if threshold is not None and not (_is_finite(threshold) and 0 <= threshold <= 1):
+        return SettingsRejected(
+            "invalid_client_message", "UpdateListen eot_threshold must be a number from 0 to 1."
+        )
+    if timeout is not None and not (_is_finite(timeout) and timeout > 0):
+        return SettingsRejected(
+            "invalid_client_message", "UpdateListen eot_timeout_ms must be a positive number."
+        )
+    low, high = EOT_TIMEOUT_BOUNDS_MS
+    language = provider.get("language")
+    keyterms = provider.get("keyterms")
+    return ListenChange(
+        eot_timeout_ms=None if timeout is None else min(high, max(low, _round_half_up(timeout))),
+        eagerness=None if threshold is None else _eagerness(threshold),
+        language=language.strip() if isinstance(language, str) and language.strip() else None,
+        keyterms=[k for k in keyterms if isinstance(k, str) and k.strip()]
+        if isinstance(keyterms, list)
+        else None,
+    )
+
+
+def listen_session(
+    change: ListenChange, turn_detection: dict[str, Any] | None, transcription: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The complete `turn_detection` and `transcription` after a ListenChange (the upstream
+    replaces these objects whole). Manual-commit mode keeps `turn_detection` null."""
+    td = None if turn_detection is None else dict(turn_detection)
+    if td is not None and change.eagerness is not None:
+        td = {
+            "type": "semantic_vad",
+            "eagerness": change.eagerness,
+            "create_response": True,
+            "interrupt_response": True,
+        }
+    elif td is not None and change.eot_timeout_ms is not None:
+        if td.get("type") != "server_vad":
+            td = dict(DEFAULT_TURN_DETECTION)
+        td["silence_duration_ms"] = change.eot_timeout_ms
+    tr = dict(transcription)
+    if change.language is not None:
+        tr["language"] = change.language
+    if change.keyterms is not None:
+        tr["prompt"] = ", ".join(change.keyterms)
+    return td, tr
 
 
 # --- items ---------------------------------------------------------------------------------

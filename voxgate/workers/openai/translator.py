@@ -13,6 +13,7 @@ binary frames sent to the client are decoded `response.output_audio.delta` paylo
 from __future__ import annotations
 
 import binascii
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -22,15 +23,21 @@ from typing import Any, ClassVar
 import orjson
 
 from voxgate.workers.closecodes import map_close_code, safe_reason
+from voxgate.workers.limits import limit_for
 from voxgate.workers.openai.audio import OPENAI_RATE, StreamResampler, silence
 from voxgate.workers.openai.settings_map import (
     DEFAULT_INPUT,
     DEFAULT_OUTPUT,
     AudioFormat,
+    ListenChange,
     SettingsRejected,
+    ThinkChange,
     assistant_message_event,
     function_call_output_event,
+    listen_session,
     map_settings,
+    map_update_listen,
+    map_update_think,
     user_message_event,
 )
 from voxgate.workers.openai.upstream_map import (
@@ -60,6 +67,9 @@ __all__ = [
     "TIMER_COMMIT_COALESCE",
     "TIMER_COMMIT_DEBOUNCE",
     "TIMER_DEFERRED_CREATE",
+    "DIALECT_DEEPGRAM",
+    "DIALECT_REFERENCE",
+    "dialect_for_path",
 ]
 
 
@@ -142,36 +152,34 @@ STRICT_DESCRIPTION = (
     "OPENAI_PROXY_CLIENT_JSON_PASSTHROUGH=1 only for legacy debugging."
 )
 ACTIVE_RESPONSE_ERROR = "conversation_already_has_active_response"
-EXPECTED_CLOSURE_ERRORS = frozenset({"idle_timeout", "session_max_duration"})
+CANCEL_NOT_ACTIVE_ERROR = "response_cancel_not_active"  # our interrupt raced the response's end
+INJECT_BEHAVIORS = ("default", "queue", "interrupt")
 
-# code -> (client close code, upstream close code, reason, description) (D35, §5.2)
-GATEWAY_LIMITS: dict[str, tuple[int, int, str, str]] = {
-    "message_too_large": (
-        1009,
-        1000,
-        "message too large",
-        "A client message exceeded the gateway's maximum message size.",
-    ),
-    "idle_timeout": (
-        1000,
-        1000,
-        "idle timeout",
-        "The gateway ended the session after its idle timeout.",
-    ),
-    "session_max_duration": (
-        1000,
-        1000,
-        "session max duration",
-        "The gateway ended the session at its maximum session duration.",
-    ),
-    "shutting_down": (
-        1001,
-        1001,
-        "shutting down",
-        "The gateway is shutting down.",
-    ),
+DIALECT_REFERENCE = "reference"
+"""Bare `/openai`: the reference translator's message set (dg_react_agent): interim and final
+`Transcript`, `UtteranceEnd`, an `AgentDone`+`AgentAudioDone` pair, lower-case error codes."""
+DIALECT_DEEPGRAM = "deepgram"
+"""`/openai/v1/agent/converse`: exactly Deepgram's Voice Agent message set and order, which
+the official SDKs model: a final user transcript is `ConversationText` (role user), no
+`Transcript`/`UtteranceEnd`/`AgentDone`, the assistant's text before `AgentAudioDone`,
+`AgentStartedSpeaking` with its latencies, a `LatencyReport` per turn, upper-case codes."""
+DEEPGRAM_ERROR_CODES = {
+    "unparsable_client_message": "UNPARSABLE_CLIENT_MESSAGE",
+    "invalid_client_message": "UNPARSABLE_CLIENT_MESSAGE",
+    "unsupported_client_message": "UNPARSABLE_CLIENT_MESSAGE",
+    "disallowed_client_message_type": "UNPARSABLE_CLIENT_MESSAGE",
+    "internal_error": "INTERNAL_SERVER_ERROR",
 }
+AGENT_CONVERSE_PATH = "/openai/v1/agent/converse"
 
+
+def dialect_for_path(path: str) -> str:
+    """The Deepgram SDKs' agent path speaks Deepgram's dialect; bare `/openai` the reference's."""
+    return DIALECT_DEEPGRAM if path == AGENT_CONVERSE_PATH else DIALECT_REFERENCE
+
+
+UPDATE_ANSWERS = {"prompt": "PromptUpdated", "think": "ThinkUpdated", "listen": "ListenUpdated"}
+EXPECTED_CLOSURE_ERRORS = frozenset({"idle_timeout", "session_max_duration"})
 
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
@@ -182,12 +190,10 @@ def _simple(kind: str) -> str:
 
 
 SETTINGS_APPLIED = _simple("SettingsApplied")
-PROMPT_UPDATED = _simple("PromptUpdated")
 AGENT_STARTED = _simple("AgentStartedSpeaking")
 AGENT_DONE = _simple("AgentDone")
 AGENT_AUDIO_DONE = _simple("AgentAudioDone")
 USER_STARTED = _simple("UserStartedSpeaking")
-INJECTION_REFUSED = _simple("InjectionRefused")
 AGENT_THINKING = _dumps({"type": "AgentThinking", "content": ""})
 COMMIT = _simple("input_audio_buffer.commit")
 
@@ -251,6 +257,16 @@ class _Response:
     text_chars: int = 0
     ended: bool = False
     phantom: bool = False  # a create that upstream refused (D19); any response end ends it
+    done_owed: bool = False  # Deepgram dialect: AgentAudioDone waits for the assistant text
+    interrupted: bool = False  # cancelled by an InjectAgentMessage interrupt: output dropped
+    audio_item_id: str | None = None  # the item whose audio the client is playing
+    audio_bytes: int = 0  # upstream-format bytes of that item sent to the client
+    turn_end: float | None = None  # when the user turn this response answers ended
+    first_token: float | None = None
+    first_text: float | None = None
+    first_tool: float | None = None
+    first_audio: float | None = None
+    reported: bool = False  # LatencyReport sent
 
 
 # --- the core ------------------------------------------------------------------------------
@@ -308,11 +324,11 @@ class Translator:
         "response.output_text.done": "_up_text_done",
         "response.output_audio.delta": "_up_audio_delta",
         "response.output_audio.done": "_up_audio_done",
-        "response.output_audio_transcript.delta": "_up_response_ignore",
+        "response.output_audio_transcript.delta": "_up_transcript_delta",
         "response.output_audio_transcript.done": "_up_audio_transcript_done",
         "response.function_call_arguments.done": "_up_function_call",
         # GA events outside the reference's list of 38: known, deliberately silent.
-        "response.function_call_arguments.delta": "_up_response_ignore",
+        "response.function_call_arguments.delta": "_up_function_call_delta",
         "output_audio_buffer.started": "_up_ignore",
         "output_audio_buffer.stopped": "_up_ignore",
         "output_audio_buffer.cleared": "_up_ignore",
@@ -341,6 +357,8 @@ class Translator:
         json_passthrough: bool = False,
         deferred_create_timeout: float = 20.0,
         max_pending_bytes: int = 4 * 1024 * 1024,
+        dialect: str = DIALECT_REFERENCE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.request_id = request_id or str(uuid.uuid4())
         self.default_model = default_model or "gpt-realtime"
@@ -348,6 +366,9 @@ class Translator:
         self.json_passthrough = json_passthrough
         self.deferred_create_timeout = deferred_create_timeout
         self.max_pending_bytes = max_pending_bytes
+        self.dialect = dialect
+        self._dg = dialect == DIALECT_DEEPGRAM
+        self._clock = clock  # latency measurements only; ordering never depends on it
         self.internal_errors = 0  # bugs caught by the guard; tests assert it stays 0
 
         self._out: list[Action] = []
@@ -361,7 +382,7 @@ class Translator:
         # pre-open / pre-ready queues (R1, R5, R6, D30)
         self._open_queue: deque[str | bytes] = deque()
         self._open_queue_bytes = 0
-        self._ready_queue: deque[tuple[str, str, int]] = deque()  # (kind, text, size)
+        self._ready_queue: deque[tuple[str, Any, int]] = deque()  # (kind, payload, size)
         self._ready_queue_bytes = 0
         self._audio_queue: deque[bytes] = deque()
         self._audio_queue_bytes = 0
@@ -370,14 +391,21 @@ class Translator:
         self._ready = False  # a real session.updated was seen (R4)
         self._forwarded = False  # a Settings became a session.update (R2)
         self._owed_settings_applied = 0  # D9
-        self._update_kinds: deque[tuple[str, str]] = deque()  # (event_id, "settings"|"prompt")
+        self._update_kinds: deque[tuple[str, str]] = deque()  # (event_id, "settings"|UPDATE_ANSWERS)
         self._server_vad = True  # D31; manual only behind the test flag
         self._instructions = ""
         self._greeting: str | None = None
         self._had_context = False
-        self._held_prompts: deque[str] = deque()
+        self._held_updates: deque[tuple[str, Any]] = deque()  # (kind, change) during a response
+        self._turn_detection: dict[str, Any] | None = None  # as last sent (UpdateListen)
+        self._transcription: dict[str, Any] = {}
+        self._queued_agent: deque[str] = deque()  # InjectAgentMessage behavior "queue"
         self._agent_echoes: deque[str] = deque(maxlen=16)
         self._user_speaking = False
+        self._turn_end: float | None = None  # latest user turn end (speech stop, inject)
+        self._speech_stopped_at: float | None = None
+        self._stt_latency: float | None = None
+        self._out_bytes_per_ms = 48  # upstream output audio: 24 kHz PCM16
 
         # audio
         self._input_format: AudioFormat = DEFAULT_INPUT
@@ -402,7 +430,7 @@ class Translator:
         self._our_creates = _Bounded(64)
         self._deferred_armed = False  # R8
         self._outstanding_calls: set[str] = set()  # D25
-        self._announced_calls = _Bounded(512)
+        self._announced_calls = _Bounded(512)  # call id -> (name, response id)
         self._answered_calls = _Bounded(512)
         self._held_idle_error: str | None = None  # R16
         self._transcripts = _Bounded(64)  # item id -> accumulated interim text
@@ -414,6 +442,8 @@ class Translator:
             "UpdatePrompt": self._c_update_prompt,
             "InjectAgentMessage": self._c_inject_agent,
             "UpdateSpeak": self._c_update_speak,
+            "UpdateThink": self._c_update_think,
+            "UpdateListen": self._c_update_listen,
         }
 
     # --- public API ------------------------------------------------------------------------
@@ -500,7 +530,13 @@ class Translator:
             self._out.append(SendUpstream(data))
 
     def _error(self, code: str, description: str) -> None:
-        self._to_client(_dumps(client_error(code, description)))
+        self._to_client(self._error_frame(code, description))
+
+    def _error_frame(self, code: str, description: str) -> str:
+        """An `Error`; the Deepgram dialect uses Deepgram's upper-case code style."""
+        if self._dg:
+            code = DEEPGRAM_ERROR_CODES.get(code) or code.upper()
+        return _dumps(client_error(code, description))
 
     def _arm(self, name: str, seconds: float) -> None:
         self._armed.add(name)
@@ -598,15 +634,11 @@ class Translator:
         )
 
     def _on_gateway_limit(self, code: str) -> None:
-        if not isinstance(code, str) or code not in GATEWAY_LIMITS:
-            code = "gateway_error"
-        client_code, upstream_code, reason, description = GATEWAY_LIMITS.get(
-            code, (1011, 1000, "gateway error", "The gateway ended the session.")
-        )
+        limit = limit_for(code)
         self._flush_idle_error()
-        self._error(code, description)
-        self._log("info", "gateway limit", code=code)
-        self._finish(client=(client_code, reason), upstream=(upstream_code, reason))
+        self._error(limit.code, limit.description)
+        self._log("info", "gateway limit", code=limit.code)
+        self._finish(client=(limit.client_close, limit.code), upstream=(limit.upstream_close, limit.code))
 
     def _on_timer(self, name: str) -> None:
         if name not in self._armed:
@@ -699,6 +731,11 @@ class Translator:
         else:
             self._in_resampler = None
         self._output_format = plan.output_format
+        audio_input = plan.session["audio"]["input"]
+        self._turn_detection = audio_input["turn_detection"]
+        self._transcription = audio_input["transcription"]
+        out_type = plan.session["audio"].get("output", {}).get("format", {}).get("type")
+        self._out_bytes_per_ms = 8 if out_type in ("audio/pcmu", "audio/pcma") else 48
         convert = not plan.output_passthrough and plan.output_format.is_linear16
         if convert and plan.output_format.sample_rate != OPENAI_RATE:
             self._out_resampler = StreamResampler(OPENAI_RATE, plan.output_format.sample_rate)
@@ -728,7 +765,7 @@ class Translator:
             _dumps({"type": "session.update", "event_id": event_id, "session": session})
         )
 
-    def _queue_until_ready(self, kind: str, text: str, raw: str) -> None:
+    def _queue_until_ready(self, kind: str, text: Any, raw: str) -> None:
         size = _utf8_len(raw)
         self._ready_queue.append((kind, text, size))
         self._ready_queue_bytes += size
@@ -747,46 +784,149 @@ class Translator:
         self._to_upstream(_dumps(user_message_event(content)))
         self._to_client(_conversation_text("user", content))  # R20
         self._unbound_injects += 1
+        self._turn_end = self._clock()
+        self._stt_latency = self._speech_stopped_at = None  # a typed turn has no STT
+
+    # session changes: UpdatePrompt, UpdateThink, UpdateListen -----------------------------
 
     def _c_update_prompt(self, msg: dict[str, Any], raw: str) -> None:
         prompt = msg.get("prompt")
         if not isinstance(prompt, str):
             self._error("invalid_client_message", "UpdatePrompt needs a string 'prompt'.")
             return
-        if self._ready:
-            self._update_prompt(prompt)
-        else:
-            self._queue_until_ready("prompt", prompt, raw)
+        self._request_change("prompt", prompt, raw)
 
-    def _update_prompt(self, prompt: str) -> None:
-        if self._active or self._deferred_armed:
-            self._held_prompts.append(prompt)
+    def _c_update_think(self, msg: dict[str, Any], raw: str) -> None:
+        change = map_update_think(msg, default_model=self.default_model)
+        if isinstance(change, SettingsRejected):
+            self._error(change.code, change.description)
             return
-        self._instructions = f"{self._instructions}\n\n{prompt}" if self._instructions else prompt
-        self._send_session_update(
-            {"type": "realtime", "instructions": self._instructions}, "prompt"
-        )
+        self._request_change("think", change, raw)
+
+    def _c_update_listen(self, msg: dict[str, Any], raw: str) -> None:
+        change = map_update_listen(msg)
+        if isinstance(change, SettingsRejected):
+            self._error(change.code, change.description)
+            return
+        self._request_change("listen", change, raw)
+
+    def _request_change(self, kind: str, change: Any, raw: str) -> None:
+        """Gated like an inject before `session.updated`; held during a response (§2.4)."""
+        if self._ready:
+            self._session_change(kind, change)
+        else:
+            self._queue_until_ready(kind, change, raw)
+
+    def _session_change(self, kind: str, change: Any) -> None:
+        if self._active or self._deferred_armed:  # a session.update now would be refused
+            self._held_updates.append((kind, change))
+            return
+        self._send_change(kind, change)
+
+    def _send_change(self, kind: str, change: Any) -> None:
+        """One `session.update`; its `session.updated` answers PromptUpdated / ThinkUpdated /
+        ListenUpdated (UPDATE_ANSWERS)."""
+        session: dict[str, Any] = {"type": "realtime"}
+        if kind == "prompt":  # Deepgram semantics: adds to the prompt
+            self._instructions = (
+                f"{self._instructions}\n\n{change}" if self._instructions else change
+            )
+            session["instructions"] = self._instructions
+        elif kind == "think":
+            assert isinstance(change, ThinkChange)
+            if change.prompt is not None:  # replaces the prompt
+                self._instructions = change.prompt
+                session["instructions"] = change.prompt
+            if change.model is not None:
+                session["model"] = change.model
+            if change.tools is not None:
+                session["tools"] = change.tools
+        else:
+            assert isinstance(change, ListenChange)
+            td, tr = listen_session(change, self._turn_detection, self._transcription)
+            self._turn_detection, self._transcription = td, tr
+            session["audio"] = {"input": {"turn_detection": td, "transcription": tr}}
+        self._send_session_update(session, kind)
+
+    # InjectAgentMessage ---------------------------------------------------------------------
 
     def _c_inject_agent(self, msg: dict[str, Any], raw: str) -> None:
         message = msg.get("message")
         if not isinstance(message, str):
             self._error("invalid_client_message", "InjectAgentMessage needs a string 'message'.")
             return
-        if self._ready:
-            self._inject_agent(message)
-        else:
-            self._queue_until_ready("agent", message, raw)
-
-    def _inject_agent(self, message: str) -> None:
-        if self._active or self._user_speaking:
-            self._to_client(INJECTION_REFUSED)
+        behavior = msg.get("behavior")
+        behavior = "default" if behavior is None else behavior
+        if behavior not in INJECT_BEHAVIORS:
+            self._error(
+                "invalid_client_message",
+                "InjectAgentMessage behavior must be default, queue or interrupt.",
+            )
             return
+        if self._ready:
+            self._inject_agent(message, behavior)
+        else:
+            self._queue_until_ready("agent", (message, behavior), raw)
+
+    def _inject_agent(self, message: str, behavior: str = "default") -> None:
+        """default: refused while the agent or the user holds the floor; queue: spoken when
+        the live response ends; interrupt: the live response is cancelled and its audio item
+        truncated to what the client received, then the message is spoken."""
+        if behavior == "queue" and (self._active or self._deferred_armed or self._queued_agent):
+            self._queued_agent.append(message)
+            return
+        if behavior == "default" and (self._active or self._user_speaking):
+            reason = "agent is speaking" if self._active else "user is speaking"
+            self._to_client(
+                _dumps({"type": "InjectionRefused", "message": f"Injection refused: {reason}."})
+            )
+            return
+        if behavior == "interrupt" and self._active:
+            self._interrupt()
+        self._speak_agent_message(message)
+
+    def _speak_agent_message(self, message: str) -> None:
         self._to_upstream(_dumps(assistant_message_event(message)))
         self._to_client(_conversation_text("assistant", message))
-        self._to_client(AGENT_DONE)
-        self._to_client(AGENT_AUDIO_DONE)
+        self._done_signals()
         if message.strip():
             self._agent_echoes.append(message.strip())
+
+    def _done_signals(self) -> None:
+        """The end of an agent turn outside any upstream response (greeting, agent message)."""
+        if not self._dg:
+            self._to_client(AGENT_DONE)
+        self._to_client(AGENT_AUDIO_DONE)
+
+    def _interrupt(self) -> None:
+        """Cancel the live response; truncate its audio item at what the client was sent."""
+        st = self._cur
+        cancel: dict[str, Any] = {"type": "response.cancel"}
+        if st.response_id:
+            cancel["response_id"] = st.response_id
+        self._to_upstream(_dumps(cancel))
+        if st.audio_item_id is not None:
+            self._to_upstream(
+                _dumps(
+                    {
+                        "type": "conversation.item.truncate",
+                        "item_id": st.audio_item_id,
+                        "content_index": 0,
+                        "audio_end_ms": st.audio_bytes // self._out_bytes_per_ms,
+                    }
+                )
+            )
+        st.interrupted = True
+        st.text_sent = True  # what was cut off is not reported as said
+        if st.started_sent:
+            self._agent_done(st, final=True)
+        else:
+            st.done_sent = True
+        self._log("info", "response interrupted by InjectAgentMessage", response=st.response_id)
+
+    def _flush_queued_agent(self) -> None:
+        while self._queued_agent and not self._active:
+            self._speak_agent_message(self._queued_agent.popleft())
 
     def _c_update_speak(self, msg: dict[str, Any], raw: str) -> None:
         self._error(
@@ -898,7 +1038,7 @@ class Translator:
     def _send_create(self, reason: str) -> None:
         """One response.create covering every owed create (D18, D25); a response starts."""
         if not self._active:
-            self._flush_held_prompts()
+            self._flush_held_updates()
         event_id = self._next_event_id("rc")
         self._to_upstream(_dumps({"type": "response.create", "event_id": event_id}))
         self._awaiting_created.append(event_id)
@@ -912,7 +1052,8 @@ class Translator:
 
     def _response_started(self) -> None:
         self._active = True
-        self._cur = _Response()
+        self._cur = _Response(turn_end=self._turn_end)
+        self._turn_end = None
 
     def _response_ended(self, st: _Response) -> None:
         cur = self._cur
@@ -929,22 +1070,19 @@ class Translator:
         self._when_idle()
 
     def _when_idle(self) -> None:
-        """No response active: send held prompt updates, then the owed response.create."""
+        """No response active: held session changes, queued agent messages (spoken after the
+        turn they waited for), then the owed response.create."""
         if self._active:
             return
-        self._flush_held_prompts()
+        self._flush_held_updates()
+        if not self._deferred_armed:
+            self._flush_queued_agent()
         if self._deferred_armed or self._owed_create:
             self._send_create("deferred" if self._deferred_armed else "inject")
 
-    def _flush_held_prompts(self) -> None:
-        while self._held_prompts:
-            prompt = self._held_prompts.popleft()
-            self._instructions = (
-                f"{self._instructions}\n\n{prompt}" if self._instructions else prompt
-            )
-            self._send_session_update(
-                {"type": "realtime", "instructions": self._instructions}, "prompt"
-            )
+    def _flush_held_updates(self) -> None:
+        while self._held_updates:
+            self._send_change(*self._held_updates.popleft())
 
     def _lookup(self, response_id: Any) -> _Response:
         """The per-response state an event belongs to (D23)."""
@@ -972,15 +1110,76 @@ class Translator:
     def _agent_started(self, st: _Response) -> None:
         if not st.started_sent:
             st.started_sent = True
-            self._to_client(AGENT_STARTED)
+            if not self._dg:
+                self._to_client(AGENT_STARTED)
+                return
+            # Deepgram's AgentStartedSpeaking carries the turn's latencies (0 when unknown).
+            now = self._clock()
+            total = _since(st.turn_end, now) or 0.0
+            ttt = _since(st.turn_end, st.first_token or now) or 0.0
+            self._to_client(
+                _dumps(
+                    {
+                        "type": "AgentStartedSpeaking",
+                        "total_latency": total,
+                        "tts_latency": round(max(0.0, total - ttt), 3),
+                        "ttt_latency": ttt,
+                    }
+                )
+            )
 
-    def _agent_done(self, st: _Response) -> None:
-        if not st.done_sent:
-            st.done_sent = True
+    def _agent_done(self, st: _Response, final: bool = False) -> None:
+        """The response's done signal(s), once. The Deepgram dialect sends AgentAudioDone only
+        after the response's assistant text (or at the response's end, `final`)."""
+        if st.done_sent:
+            return
+        if self._dg and not st.text_sent and not final:
+            st.done_owed = True
+            return
+        st.done_sent = True
+        st.done_owed = False
+        if not self._dg:
             self._to_client(AGENT_DONE)
-            self._to_client(AGENT_AUDIO_DONE)
+        self._to_client(AGENT_AUDIO_DONE)
+        if self._dg:
+            self._latency_report(st)
+
+    def _latency_report(self, st: _Response) -> None:
+        """One `LatencyReport` per user turn, with what the translator can time: user turn end
+        (VAD speech stop, inject) -> transcript, first token of any kind, first text, first
+        tool call, first audio byte. Fields it cannot measure are left out."""
+        if st.reported or st.turn_end is None:
+            return
+        st.reported = True
+        report: dict[str, Any] = {"type": "LatencyReport"}
+        if self._stt_latency is not None:
+            report["stt_latency"] = self._stt_latency
+            self._stt_latency = None
+        for key, at in (
+            ("ttt_token_latency", st.first_token),
+            ("ttt_text_latency", st.first_text),
+            ("ttt_tool_latency", st.first_tool),
+        ):
+            if at is not None:
+                report[key] = _since(st.turn_end, at)
+        if st.first_audio is not None and st.first_text is not None:
+            report["tts_latency"] = round(max(0.0, st.first_audio - st.first_text), 3)
+        if st.first_audio is not None:
+            report["total_latency"] = _since(st.turn_end, st.first_audio)
+        self._to_client(_dumps(report))
+
+    def _first(self, st: _Response, kind: str) -> None:
+        """Time the response's first token of a kind ("text", "tool", "audio")."""
+        attr = "first_" + kind
+        if getattr(st, attr) is None:
+            now = self._clock()
+            setattr(st, attr, now)
+            if st.first_token is None and kind != "audio":
+                st.first_token = now
 
     def _assistant_text(self, st: _Response, content: str, item_ids: list[Any]) -> None:
+        if st.first_text is None:
+            self._first(st, "text")
         self._agent_started(st)  # D20
         self._to_client(_conversation_text("assistant", content))
         st.text_sent = True
@@ -988,6 +1187,8 @@ class Translator:
         for item_id in item_ids:
             if isinstance(item_id, str) and item_id:
                 self._sent_item_ids.add(item_id)
+        if st.done_owed:
+            self._agent_done(st)
 
     def _flush_idle_error(self) -> None:
         if self._held_idle_error is not None:
@@ -1043,8 +1244,8 @@ class Translator:
     def _up_session_updated(self, event: dict[str, Any]) -> None:
         kind = self._update_kinds.popleft()[1] if self._update_kinds else "settings"
         self._ready = True
-        if kind == "prompt":
-            self._to_client(PROMPT_UPDATED)
+        if kind in UPDATE_ANSWERS:
+            self._to_client(_simple(UPDATE_ANSWERS[kind]))
         else:
             self._to_client(SETTINGS_APPLIED)
             for _ in range(self._owed_settings_applied):  # D9
@@ -1052,8 +1253,7 @@ class Translator:
             self._owed_settings_applied = 0
             if self._greeting and not self._had_context:  # R17
                 self._to_client(_conversation_text("assistant", self._greeting))
-                self._to_client(AGENT_DONE)
-                self._to_client(AGENT_AUDIO_DONE)
+                self._done_signals()
             self._greeting = None
             self._had_context = False
         self._flush_ready_queues()
@@ -1065,10 +1265,10 @@ class Translator:
             self._ready_queue_bytes -= size
             if kind == "user":
                 self._inject_user(text)
-            elif kind == "prompt":
-                self._update_prompt(text)
+            elif kind == "agent":
+                self._inject_agent(*text)
             else:
-                self._inject_agent(text)
+                self._session_change(kind, text)
         appended = False
         while self._audio_queue:
             data = self._audio_queue.popleft()
@@ -1132,15 +1332,30 @@ class Translator:
 
     def _up_text_delta(self, event: dict[str, Any]) -> None:
         st = self._state_for(event)
+        if st.first_text is None:
+            self._first(st, "text")
         delta = text_delta(event)
         if delta and st.text_chars < MAX_TEXT_CHARS:
             st.text_parts.append(delta)
             st.text_chars += len(delta)
 
+    def _up_transcript_delta(self, event: dict[str, Any]) -> None:
+        st = self._state_for(event)
+        if st.first_text is None:
+            self._first(st, "text")
+
+    def _up_function_call_delta(self, event: dict[str, Any]) -> None:
+        st = self._state_for(event)
+        if st.first_tool is None:
+            self._first(st, "tool")
+
     def _up_text_done(self, event: dict[str, Any]) -> None:
         # voxgate order (D22-D24): started, text, done pair of the ending response, held
         # idle_timeout Error, then the end (which may send the deferred response.create).
         st = self._state_for(event)
+        if st.interrupted:
+            self._response_ended(st)
+            return
         self._agent_started(st)
         text = output_text_from_done(event) or "".join(st.text_parts)
         st.text_parts.clear()
@@ -1148,7 +1363,7 @@ class Translator:
         if text.strip() and not st.text_sent:
             self._assistant_text(st, text.strip(), [event.get("item_id")])
         if not st.audio_seen:
-            self._agent_done(st)
+            self._agent_done(st, final=True)
         self._flush_idle_error()
         self._response_ended(st)
 
@@ -1172,6 +1387,15 @@ class Translator:
         if not pcm:
             return
         st = self._state_for(event)
+        if st.interrupted:
+            return  # cancelled by an interrupt: the client must not hear the rest
+        if st.first_audio is None:
+            self._first(st, "audio")
+        item_id = event.get("item_id")
+        if isinstance(item_id, str) and item_id:
+            if item_id != st.audio_item_id:
+                st.audio_item_id, st.audio_bytes = item_id, 0
+            st.audio_bytes += len(pcm)
         st.audio_seen = True
         self._agent_started(st)
         if self._out_resampler is not None:
@@ -1201,18 +1425,42 @@ class Translator:
         else:
             for item_id in item_ids:
                 self._sent_item_ids.add(item_id)
-        self._agent_done(st)
+        self._agent_done(st, final=True)
+        if response.get("status") == "cancelled":
+            self._cancel_calls(response.get("id"))
         self._flush_idle_error()  # D24
         self._response_ended(st)
 
+    def _cancel_calls(self, response_id: Any) -> None:
+        """A cancelled response takes its requested calls with it: `FunctionCallCancelled` for
+        those still unanswered, and they no longer hold back the deferred create (D25)."""
+        gone = []
+        for call_id in sorted(self._outstanding_calls):
+            name, owner = self._announced_calls.get(call_id, ("function", None))
+            if owner is None or not response_id or owner == response_id:
+                gone.append({"id": call_id, "name": name})
+        if not gone:
+            return
+        for call in gone:
+            self._outstanding_calls.discard(call["id"])
+            self._answered_calls.add(call["id"])
+        self._to_client(_dumps({"type": "FunctionCallCancelled", "functions": gone}))
+        self._log("info", "function calls cancelled with their response", calls=len(gone))
+
     def _up_function_call(self, event: dict[str, Any]) -> None:
         st = self._state_for(event)
+        if st.first_tool is None:
+            self._first(st, "tool")
         call_id = event.get("call_id")
         if isinstance(call_id, str) and call_id:
             if call_id in self._announced_calls:
                 self._log("debug", "duplicate function call announcement ignored")
                 return
-            self._announced_calls.add(call_id)
+            name = event.get("name") if isinstance(event.get("name"), str) else None
+            owner = event.get("response_id")
+            self._announced_calls.set(
+                call_id, (name or "function", owner if isinstance(owner, str) else None)
+            )
             if call_id not in self._answered_calls:
                 self._outstanding_calls.add(call_id)
                 if self._deferred_armed:  # D25: a call announced later re-blocks the create
@@ -1227,9 +1475,14 @@ class Translator:
 
     def _up_speech_stopped(self, event: dict[str, Any]) -> None:
         self._user_speaking = False
-        self._to_client(_dumps(utterance_end(event)))
+        self._turn_end = self._speech_stopped_at = self._clock()
+        self._stt_latency = None  # a late transcript of an earlier turn is not this turn's
+        if not self._dg:  # Deepgram's agent API has no UtteranceEnd
+            self._to_client(_dumps(utterance_end(event)))
 
     def _up_transcription_delta(self, event: dict[str, Any]) -> None:
+        if self._dg:  # the agent API reports only the final user text
+            return
         item_id = event.get("item_id") if isinstance(event.get("item_id"), str) else ""
         delta = event.get("delta") if isinstance(event.get("delta"), str) else ""
         text = self._transcripts.get(item_id, "")
@@ -1239,9 +1492,17 @@ class Translator:
         self._to_client(_dumps(transcript_interim(event, text)))
 
     def _up_transcription_completed(self, event: dict[str, Any]) -> None:
-        item_id = event.get("item_id") if isinstance(event.get("item_id"), str) else ""
-        self._transcripts.pop(item_id)
-        self._to_client(_dumps(transcript_final(event)))
+        if self._speech_stopped_at is not None:
+            self._stt_latency = _since(self._speech_stopped_at, self._clock())
+            self._speech_stopped_at = None
+        if not self._dg:
+            item_id = event.get("item_id") if isinstance(event.get("item_id"), str) else ""
+            self._transcripts.pop(item_id)
+            self._to_client(_dumps(transcript_final(event)))
+            return
+        transcript = event.get("transcript")
+        if isinstance(transcript, str) and transcript.strip():
+            self._to_client(_conversation_text("user", transcript.strip()))
 
     def _up_error(self, event: dict[str, Any]) -> None:
         err = event.get("error") if isinstance(event.get("error"), dict) else {}
@@ -1252,6 +1513,9 @@ class Translator:
             self._log("info", "upstream reports an active response", event_id=str(event_id)[:64])
             self._requeue_create(event_id)
             return
+        if code == CANCEL_NOT_ACTIVE_ERROR:  # our interrupt's cancel arrived after the end
+            self._log("info", "response.cancel found no active response")
+            return
         if isinstance(event_id, str):
             for entry in self._update_kinds:
                 if entry[0] == event_id:  # that session.update will get no session.updated
@@ -1259,7 +1523,7 @@ class Translator:
                     break
         level = "info" if code in EXPECTED_CLOSURE_ERRORS else "error"
         self._log(level, "upstream error", code=code[:64])
-        frame = _dumps(message)
+        frame = self._error_frame(code, message["description"])
         if code == "idle_timeout" and self._active:  # R16
             self._flush_idle_error()
             self._held_idle_error = frame
@@ -1282,6 +1546,13 @@ class Translator:
         self._owed_create = True
         self._active = True
         self._cur.phantom = True
+
+
+def _since(start: float | None, end: float) -> float | None:
+    """Seconds from `start` to `end`, rounded to the millisecond, never negative."""
+    if start is None:
+        return None
+    return round(max(0.0, end - start), 3)
 
 
 def _has_input_text(item: dict[str, Any]) -> bool:
