@@ -34,6 +34,8 @@ ROUTE_LABELS = {
     "deepgram.bare": "Deepgram Voice Agent passthrough (?service=transcription: live transcription)",
     "deepgram.listen": "Deepgram live transcription passthrough",
     "deepgram.speak": "Deepgram streaming TTS passthrough",
+    "deepgram.listen_v2": "Deepgram Flux turn-based transcription passthrough",
+    "deepgram.speak_v2": "Deepgram Flux turn-based TTS passthrough",
 }
 
 
@@ -70,7 +72,7 @@ GATEWAY_OPTIONS: list[Callable] = [
     click.option("--deepgram-agent-url", envvar="DEEPGRAM_AGENT_URL", default="wss://agent.deepgram.com",
                  show_default=True, help="Deepgram Voice Agent base URL (/v1/agent/converse appended)."),
     click.option("--deepgram-api-url", envvar="DEEPGRAM_API_URL", default="wss://api.deepgram.com",
-                 show_default=True, help="Deepgram API base URL (/v1/listen, /v1/speak appended)."),
+                 show_default=True, help="Deepgram API base URL (/v1/listen, /v1/speak, /v2/listen, /v2/speak appended)."),
     click.option("--workers-per-provider", envvar="VOXGATE_WORKERS_PER_PROVIDER", type=click.IntRange(1, 64),
                  default=1, show_default=True, help="Worker processes per provider."),
     click.option("--connect-timeout", envvar="VOXGATE_CONNECT_TIMEOUT", type=click.FloatRange(0.1, 300),
@@ -124,7 +126,8 @@ GATEWAY_OPTIONS: list[Callable] = [
                  help="PEM certificate chain: serve https/wss on the same port (needs --tls-key)."),
     click.option("--tls-key", envvar="VOXGATE_TLS_KEY", default=None, help="PEM private key for --tls-cert."),
     click.option("--log-level", envvar=["VOXGATE_LOG_LEVEL", "LOG_LEVEL"],
-                 type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True),
+                 type=click.Choice(logs.LEVELS, case_sensitive=False), default="info", show_default=True,
+                 help="Least severe log level written (debug adds per-session detail; never keys or tokens)."),
     click.option("--log-format", envvar="VOXGATE_LOG_FORMAT", type=click.Choice(["auto", "text", "json"]),
                  default="auto", show_default=True,
                  help="Log lines as text or JSON; auto = text on a terminal, JSON otherwise."),
@@ -240,16 +243,30 @@ def public_url(config: Config, path: str, *, tls: bool = False) -> str:
     return f"{'wss' if tls else 'ws'}://{host}:{config.port}{path}"
 
 
-def endpoint_lines(config: Config, *, tls: bool = False) -> list[str]:
-    """P22: one line per endpoint, live or off (and why)."""
+def endpoints(config: Config, *, tls: bool = False) -> list[dict[str, str]]:
+    """P22: every endpoint with its URL, state (live or off, and why) and description."""
     from voxgate.supervisor.routing import Router
 
-    lines = []
+    rows = []
     for path, route in Router(config.proxy_path).endpoints():
-        state = "live" if config.enabled(route.provider) else f"off ({KEY_VARS[route.provider]} not set)"
-        label = ROUTE_LABELS["deepgram.bare" if path == config.proxy_path else route.name]
-        lines.append(f"endpoint {public_url(config, path, tls=tls)} {state} - {label}")
-    return lines
+        live = config.enabled(route.provider)
+        rows.append({
+            "url": public_url(config, path, tls=tls),
+            "state": "live" if live else "off",
+            "reason": "" if live else f"{KEY_VARS[route.provider]} not set",
+            "description": ROUTE_LABELS["deepgram.bare" if path == config.proxy_path else route.name],
+        })
+    return rows
+
+
+def endpoint_text(row: dict[str, str]) -> str:
+    state = f"off ({row['reason']})" if row["state"] == "off" else row["state"]
+    return f"endpoint {row['url']} {state} - {row['description']}"
+
+
+def endpoint_lines(config: Config, *, tls: bool = False) -> list[str]:
+    """P22: one text line per endpoint."""
+    return [endpoint_text(row) for row in endpoints(config, tls=tls)]
 
 
 def startup_notes(config: Config) -> list[str]:
@@ -284,11 +301,32 @@ async def _serve(config: Config, log: logs.EventLog) -> None:
         config = dataclasses.replace(config, port=port)
     supervisor = Supervisor(config, log)
     supervisor.port = port
-    for line in [*startup_notes(config), *endpoint_lines(config, tls=bool(config.tls_cert))]:
+    for line in startup_output(config, port):
         click.echo(line)
-    click.echo(f"voxgate {__version__} listening on {config.host}:{port} (pid {os.getpid()})")
     sys.stdout.flush()
     await supervisor.run(listeners)
+
+
+def startup_output(config: Config, port: int) -> list[str]:
+    """The stdout lines of a started gateway: notes, endpoints, then the listening line. In
+    JSON mode each is one JSON object (the text kept as `message`, so a `listening on` match
+    still works), so that a pipeline can parse every line."""
+    listening = f"voxgate {__version__} listening on {config.host}:{port} (pid {os.getpid()})"
+    if config.log_format != "json":
+        return [*startup_notes(config), *endpoint_lines(config, tls=bool(config.tls_cert)), listening]
+    lines = []
+    for note in startup_notes(config):
+        level, _, text = note.partition(": ")
+        lines.append(logs.json_line("supervisor", "warning" if level == "warning" else "info", "note", message=text))
+    for row in endpoints(config, tls=bool(config.tls_cert)):
+        lines.append(logs.json_line("supervisor", "info", "endpoint", **row, message=endpoint_text(row)))
+    lines.append(
+        logs.json_line(
+            "supervisor", "info", "listening", host=config.host, port=port, pid=os.getpid(),
+            version=__version__, tls=bool(config.tls_cert), message=listening,
+        )
+    )
+    return lines
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -320,7 +358,7 @@ def describe(config: Config) -> list[str]:
     lines += [
         f"upstream openai {config.openai_realtime_url}",
         f"upstream deepgram agent {config.deepgram_agent_url.rstrip('/')}/v1/agent/converse",
-        f"upstream deepgram api {config.deepgram_api_url.rstrip('/')}/v1/{{listen,speak}}",
+        f"upstream deepgram api {config.deepgram_api_url.rstrip('/')}{{/v1,/v2}}/{{listen,speak}}",
         f"workers {config.workers_per_provider} per provider, restart backoff 0.1s..10s, "
         f"hung after {config.worker_timeout:g}s, drain grace {config.grace:g}s",
         f"limits head {config.head_max_bytes}B/{config.head_timeout:g}s, message {config.max_message_bytes}B, "
@@ -361,6 +399,8 @@ def options_table() -> str:
         envvars = param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar]
         env = ", ".join(f"`{e}`" for e in envvars if e)
         default = param.default
+        if not isinstance(default, str | int | float | tuple | list):
+            default = None  # click's "no default" sentinel of multiple options is not a value
         if isinstance(default, tuple | list):
             default = ", ".join(default) or None
         shown = "" if default in (None, "") else f"`{default}`"
@@ -415,6 +455,27 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def _log_format_of(args: list[str]) -> str:
+    """The log format `serve` would use with these arguments (before click has parsed them),
+    so that its errors are JSON too when its logs are."""
+    if "serve" not in args:
+        return "text"
+    choice = os.environ.get("VOXGATE_LOG_FORMAT", "auto")
+    for i, arg in enumerate(args):
+        if arg == "--log-format" and i + 1 < len(args):
+            choice = args[i + 1]
+        elif arg.startswith("--log-format="):
+            choice = arg.partition("=")[2]
+    return resolve_log_format(choice) if choice in ("auto", "text", "json") else "text"
+
+
+def _error(message: str, args: list[str]) -> None:
+    if _log_format_of(args) == "json":
+        click.echo(logs.json_line("voxgate", "error", "error", message=message), err=True)
+    else:
+        click.echo(f"voxgate: error: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors, never a traceback."""
     args = sys.argv[1:] if argv is None else argv
@@ -426,13 +487,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except click.UsageError as exc:
-        click.echo(f"voxgate: error: {exc.format_message()}", err=True)
+        _error(exc.format_message(), args)
         sys.exit(2)
     except ConfigError as exc:
-        click.echo(f"voxgate: error: {exc}", err=True)
+        _error(str(exc), args)
         sys.exit(2)
     except StartupError as exc:
-        click.echo(f"voxgate: error: {exc}", err=True)
+        _error(str(exc), args)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -517,6 +517,8 @@ def _url_lines(gw: GatewayProcess) -> list[str]:
         (gw.url("/deepgram-proxy"), "Deepgram Voice Agent passthrough (simulated)"),
         (gw.url("/deepgram-proxy/v1/listen"), "Deepgram live transcription (simulated)"),
         (gw.url("/deepgram-proxy/v1/speak"), "Deepgram streaming TTS (simulated)"),
+        (gw.url("/deepgram-proxy/v2/listen"), "Deepgram Flux turn-based transcription (simulated)"),
+        (gw.url("/deepgram-proxy/v2/speak"), "Deepgram Flux turn-based TTS (simulated)"),
         (gw.url("/readyz", "http"), "readiness; /healthz liveness; /metrics Prometheus"),
     ]
     width = max(len(url) for url, _ in rows)

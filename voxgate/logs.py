@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -48,16 +51,24 @@ class _TextFormatter(logging.Formatter):
         return _scrub(" ".join(parts))
 
 
+def json_line(proc: str, level: str, event: str, created: float | None = None, **fields: Any) -> str:
+    """One JSON log object; also used for lines printed outside `logging` (startup, errors),
+    so that in JSON mode a collector can parse every line a process writes."""
+    body: dict[str, Any] = {
+        "ts": round(time.time() if created is None else created, 3),
+        "level": level,
+        "proc": proc,
+        "event": event,
+    }
+    body.update(fields)
+    return _scrub(orjson.dumps(body, default=str).decode())
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "proc": record.name,
-            "event": record.getMessage(),
-        }
-        body.update(getattr(record, "fields", {}))
-        return _scrub(orjson.dumps(body, default=str).decode())
+        return json_line(
+            record.name, record.levelname.lower(), record.getMessage(), record.created, **getattr(record, "fields", {})
+        )
 
 
 def setup(proc: str, *, level: str = "info", fmt: str = "text") -> EventLog:
@@ -69,7 +80,28 @@ def setup(proc: str, *, level: str = "info", fmt: str = "text") -> EventLog:
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    if fmt == "json":
+        # Python's own warnings must not break a pipeline that parses every line.
+        logging.captureWarnings(True)
+    sys.excepthook = _excepthook(proc, fmt)
     return EventLog(proc)
+
+
+def _excepthook(proc: str, fmt: str) -> Callable[..., None]:
+    """An unexpected crash: the traceback scrubbed of secrets, and one JSON object in JSON mode."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        text = "".join(traceback.format_exception(kind, value, tb))
+        if fmt == "json":
+            sys.stderr.write(json_line(proc, "error", "crashed", error=kind.__name__, traceback=text) + "\n")
+        else:
+            sys.stderr.write(_scrub(text))
+        sys.stderr.flush()
+
+    return hook
 
 
 REPEAT_BURST = 5  # lines of one warning event per logger and window

@@ -1,6 +1,7 @@
 """The official Deepgram Python SDK (deepgram-sdk 7, synchronous websockets client) against
 the gateway, configured only with the gateway's base URL and a dummy key: the gateway must
-inject its own key and be indistinguishable from Deepgram for agent and listen sessions.
+inject its own key and be indistinguishable from Deepgram for agent, listen (v1 and
+Flux v2) and speak v2 sessions.
 
 The SDK blocks, so it runs in a worker thread (abandoned if the test times out); the
 simulator and a recording TCP relay in front of the gateway run in the test's trio loop.
@@ -102,4 +103,47 @@ async def test_sdk_listen_through_the_gateway(gateway, tap, sim):
     assert record.path == "/v1/listen"
     assert record.header("authorization") == f"Token {KEY}"
     assert ("model", "nova-3") in record.query and ("sample_rate", "16000") in record.query
+    assert_no_key_reached_the_client(gateway, tap, seen)
+
+
+async def test_sdk_listen_v2_flux_through_the_gateway(gateway, tap, sim):
+    from deepgram.listen.v2.types import ListenV2Connected, ListenV2TurnInfo
+
+    with trio.fail_after(10):
+        seen = await trio.to_thread.run_sync(
+            deepgram_sdk.flux_exchange, sdk_client(tap.port), abandon_on_cancel=True
+        )
+    assert isinstance(seen[0], ListenV2Connected)
+    turns = seen[1:]
+    assert all(isinstance(m, ListenV2TurnInfo) for m in turns), seen
+    assert [t.event for t in turns if t.event != "Update"] == ["StartOfTurn", "EagerEndOfTurn", "EndOfTurn"]
+    assert turns[-1].transcript == "tone 0.7 seconds" and turns[-1].turn_index == 0
+    record = await sim.wait_connection()
+    await record.closed.wait()
+    assert record.path == "/v2/listen"
+    assert record.header("authorization") == f"Token {KEY}"
+    assert ("model", "flux-general-en") in record.query and ("eager_eot_threshold", "0.4") in record.query
+    assert record.received_json() == [{"type": "CloseStream"}]
+    assert_no_key_reached_the_client(gateway, tap, seen)
+
+
+async def test_sdk_speak_v2_through_the_gateway(gateway, tap, sim):
+    from deepgram.speak.v2.types import (
+        SpeakV2Connected,
+        SpeakV2Flushed,
+        SpeakV2SessionMetadata,
+        SpeakV2SpeechMetadata,
+        SpeakV2SpeechStarted,
+    )
+
+    with trio.fail_after(10):
+        seen = await trio.to_thread.run_sync(
+            deepgram_sdk.speak_v2_exchange, sdk_client(tap.port), "Hi there.", abandon_on_cancel=True
+        )
+    assert isinstance(seen[0], SpeakV2Connected) and isinstance(seen[1], SpeakV2SpeechStarted)
+    assert all(isinstance(m, bytes) for m in seen[2:-3])
+    assert [type(m) for m in seen[-3:]] == [SpeakV2SpeechMetadata, SpeakV2Flushed, SpeakV2SessionMetadata]
+    assert seen[-3].input_character_count == len("Hi there.")
+    record = await sim.wait_connection()
+    assert record.path == "/v2/speak" and record.header("authorization") == f"Token {KEY}"
     assert_no_key_reached_the_client(gateway, tap, seen)

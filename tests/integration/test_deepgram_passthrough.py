@@ -28,12 +28,19 @@ from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_payload
 from tests.support.upstream import EchoUpstream
 from voxgate.simulate.common import Frame, silence_pcm16, tone_pcm16
-from voxgate.simulate.deepgram import NET0001_REASON, DeepgramSimulator, SpeakSession
+from voxgate.simulate.deepgram import (
+    NET0001_REASON,
+    SPEAK_MS_PER_CHAR,
+    DeepgramSimulator,
+    SpeakSession,
+)
 
 PROXY = "/deepgram-proxy"
 AGENT = PROXY + "/v1/agent/converse"
 LISTEN = PROXY + "/v1/listen"
 SPEAK = PROXY + "/v1/speak"
+FLUX = PROXY + "/v2/listen"
+SPEAK_V2 = PROXY + "/v2/speak"
 CLIENT_TOKEN = "ctokQv8Lw3Rz"
 AGENT_AUDIO_DONE = b'{"type":"AgentAudioDone"}'
 
@@ -217,6 +224,24 @@ async def test_routing_query_and_upstream_credentials(dg, sim):
             "/v1/speak",
             [("model", "aura-2-thalia-en"), ("encoding", "linear16")],
         ),
+        (
+            f"{FLUX}?model=flux-general-en&token={CLIENT_TOKEN}&eot_threshold=0.8"
+            "&eager_eot_threshold=0.5&eot_timeout_ms=3000&keyterm=a&keyterm=b%20c&traceId=t",
+            "/v2/listen",
+            [
+                ("model", "flux-general-en"),
+                ("eot_threshold", "0.8"),
+                ("eager_eot_threshold", "0.5"),
+                ("eot_timeout_ms", "3000"),
+                ("keyterm", "a"),
+                ("keyterm", "b c"),
+            ],
+        ),
+        (
+            f"{SPEAK_V2}?model=flux-alexis-en&access_token=x&sample_rate=16000",
+            "/v2/speak",
+            [("model", "flux-alexis-en"), ("sample_rate", "16000")],
+        ),
     ]
     client_headers = [
         ("Authorization", "Token unused-client-key"),
@@ -399,6 +424,9 @@ async def test_upstream_failures_listen_and_speak_get_a_close_only(dg, sim):
         (f"{LISTEN}?sim_fault=hang", 1011),
         (f"{SPEAK}?sim_fault=refuse:403", 1008),
         (f"{SPEAK}?sim_fault=hang", 1011),
+        (f"{FLUX}?model=flux-general-en&sim_fault=refuse:401", 1008),
+        (f"{FLUX}?model=flux-general-en&sim_fault=hang", 1011),
+        (f"{SPEAK_V2}?model=flux-alexis-en&sim_fault=refuse:503", 1011),
     ]
     for path, close in cases:
         with trio.fail_after(5):
@@ -441,10 +469,14 @@ async def test_oversized_client_message_gets_1009_with_error_on_agent_only(dg, s
         record = sim.connections[0]
         await record.closed.wait()
         assert record.received == [] and record.close_code == 1000
-        listen = await dg.connect(gw, LISTEN)
-        await listen.send_binary(b"\x00" * 2000)
-        op, payload = await listen.recv()
-        assert (op, payload[:2]) == (OP_CLOSE, close_payload(1009))
+        for path in (LISTEN, f"{FLUX}?model=flux-general-en"):
+            listen = await dg.connect(gw, path)
+            await listen.send_binary(b"\x00" * 2000)
+            got = await listen.recv()
+            if got[0] == OP_TEXT:  # Flux says Connected first
+                assert json_type(got[1]) == "Connected"
+                got = await listen.recv()
+            assert (path, got[0], got[1][:2]) == (path, OP_CLOSE, close_payload(1009))
         await agent_works(dg, gw)
 
 
@@ -718,3 +750,65 @@ async def test_large_and_fragmented_messages_pass_intact(dg, raw_up):
         await client.send_frame(0x0, b'"KeepAlive"}')
         await up.wait_until(lambda u: len(u.frames) >= 4)
         assert up.frames[-2:] == [(OP_TEXT, b'{"type":'), (0x0, b'"KeepAlive"}')]
+
+
+# ---------------------------------------------------------------------------------------
+# Flux: /v2/listen and /v2/speak (issue 14 item 1)
+
+
+async def test_full_flux_exchange(dg, sim):
+    """Turn events, the fatal Error for a bad parameter and Deepgram's close codes reach the
+    client unchanged; a silent Flux client gets neither KeepAlive nor the idle timeout."""
+    gw = await dg.gateway(sim.port, "--idle-timeout", "0.3", "--deepgram-keepalive", "0.2")
+    audio = tone_pcm16(600, rate=16000) + silence_pcm16(600, rate=16000)
+    with trio.fail_after(8):
+        client = await dg.connect(gw, f"{FLUX}?model=flux-general-en&sample_rate=16000&token={CLIENT_TOKEN}")
+        op, payload = await client.recv()
+        assert op == OP_TEXT and json_type(payload) == "Connected"
+        record = sim.connections[0]
+        await trio.sleep(0.6)  # silent for twice --idle-timeout: still open, nothing sent up
+        assert not record.closed.is_set() and record.received == []
+        await client.send_binary(audio)
+        seen = [(op, payload)]
+        for _ in range(60):
+            seen.append(await client.recv())
+            if orjson.loads(seen[-1][1]).get("event") == "EndOfTurn":
+                break
+        end = orjson.loads(seen[-1][1])
+        await client.send_text({"type": "CloseStream"})
+        code, _ = await client.expect_close()
+        await record.closed.wait()
+        bad = await dg.connect(gw, f"{FLUX}?model=flux-general-en&eager_eot_threshold=0.95")
+        bad_seen = await bad.recv_until_type("Error")
+        bad_code, _ = await bad.expect_close()
+    assert end["event"] == "EndOfTurn" and end["transcript"] == "tone 0.6 seconds"
+    assert as_frames(seen) == record.sent[: len(seen)]
+    assert code == 1000 and record.close_code == 1000
+    assert record.received_json() == [{"type": "CloseStream"}]
+    assert [json_type(p) for _, p in bad_seen] == ["Connected", "Error"] and bad_code == 1008
+    metrics = gw.http("/metrics")[2].decode()
+    assert 'route="listen_v2"' in metrics
+
+
+async def test_full_speak_v2_exchange(dg, sim):
+    gw = await dg.gateway(sim.port)
+    text = "Turn-based hello."
+    with trio.fail_after(5):
+        client = await dg.connect(gw, f"{SPEAK_V2}?model=flux-alexis-en&sample_rate=24000")
+        op, payload = await client.recv()
+        assert op == OP_TEXT and json_type(payload) == "Connected"
+        await client.send_text({"type": "Speak", "text": text})
+        await client.send_text({"type": "Flush"})
+        seen = await client.recv_until_type("Flushed")
+        await client.send_text({"type": "Close"})
+        tail = await client.recv_until_type("SessionMetadata")
+        code, _ = await client.expect_close()
+    kinds = [json_type(p) if op == OP_TEXT else "audio" for op, p in seen]
+    assert kinds[0] == "SpeechStarted" and kinds[-2:] == ["SpeechMetadata", "Flushed"]
+    assert set(kinds[1:-2]) == {"audio"}
+    audio = b"".join(p for op, p in seen if op == OP_BIN)
+    assert len(audio) == 24000 * 2 * len(text) * SPEAK_MS_PER_CHAR // 1000
+    assert orjson.loads(tail[-1][1])["total_input_character_count"] == len(text)
+    assert code == 1000
+    record = sim.connections[0]
+    assert record.path == "/v2/speak" and record.header("authorization") == f"Token {KEY}"

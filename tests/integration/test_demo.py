@@ -169,3 +169,42 @@ def test_launcher_reports_why_the_gateway_did_not_start():
         start_gateway(clean_env(), timeout=20)
     assert "exited with code 1" in str(err.value)
     assert "At least one of DEEPGRAM_API_KEY or OPENAI_API_KEY is required" in str(err.value)
+
+
+def test_on_a_terminal_every_line_is_printed_once():
+    """Issue 14 item 8: on a terminal (stdin, stdout and stderr a pty) the summary and the
+    per-path results appear exactly once."""
+    import os
+    import pty
+    import select
+    import time
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        demo_command("--quiet"), env=base_env(), stdin=follower, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    out = bytearray()
+    deadline = time.monotonic() + DEMO_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=10) == 0, out.decode(errors="replace")
+    finally:
+        os.close(leader)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in out.decode().replace("\r", "").splitlines() if line.strip()]
+    assert lines.count("demo: all 7 paths worked") == 1, lines
+    assert len(lines) == len(set(lines)) == len(demo_module.STEPS) + 1, lines

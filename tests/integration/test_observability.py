@@ -10,7 +10,9 @@ import pytest
 import trio
 import trio_websocket as tws
 
+from tests.conftest import OPENAI_KEY, astop
 from tests.integration.test_supervisor import echo_env
+from tests.support.gateway import base_env, run_cli
 from tests.support.rawws import RawClient
 from tests.support.upstream import EchoUpstream
 
@@ -86,3 +88,51 @@ async def test_json_logs_and_trace_header(gateway_factory, echo):
     closed = [e for e in events if e["event"] == "session closed"]
     assert closed and closed[0]["trace"] == "hdr-trace" and closed[0]["proc"] == "worker.openai"
     assert closed[0]["frames_up"] == 1 and "duration" in closed[0]
+
+
+def json_objects(lines: list[str]) -> list[dict]:
+    """Every non-blank line as a JSON object (fails on the first line that is not one)."""
+    out = []
+    for line in "".join(lines).splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            assert isinstance(obj, dict), line
+            out.append(obj)
+    return out
+
+
+async def test_json_mode_every_line_on_both_streams_is_a_json_object(gateway_factory, echo):
+    """Issue 14 item 5: startup notes, endpoints and the listening line are JSON too."""
+    env = echo_env(echo)
+    env.pop("DEEPGRAM_API_KEY", None)
+    gw = await gateway_factory("--log-format", "json", env=env)
+    async with tws.open_websocket_url(gw.url("/openai/v1/realtime")) as ws:
+        await ws.send_message("hi")
+        await ws.get_message()
+    with trio.fail_after(5):
+        while "session closed" not in gw.output:
+            await trio.sleep(0.05)
+    assert await astop(gw) == 0
+    out, err = json_objects(gw.stdout), json_objects(gw.stderr)
+    assert [e["event"] for e in out if e["event"] != "endpoint"] == ["note", "note", "listening"]
+    endpoints = {e["url"].rsplit(":", 1)[1]: e for e in out if e["event"] == "endpoint"}
+    assert endpoints[f"{gw.port}/openai"]["state"] == "live"
+    flux = endpoints[f"{gw.port}/deepgram-proxy/v2/listen"]
+    assert flux["state"] == "off" and flux["reason"] == "DEEPGRAM_API_KEY not set"
+    assert flux["description"].startswith("Deepgram Flux")
+    listening = out[-1]
+    assert listening["port"] == gw.port and listening["pid"] == gw.pid and listening["level"] == "info"
+    assert {"session closed", "stopped"} <= {e["event"] for e in err}
+    # Item 8: a clean shutdown is routine: the drained worker's exit 0 is not a warning.
+    exits = [e for e in err if e["event"] == "worker exited"]
+    assert exits and all(e["level"] == "info" and e["status"] == "exit 0" for e in exits)
+    assert [e for e in err if e["level"] != "info"] == []
+
+
+def test_json_mode_errors_are_json():
+    env = base_env(OPENAI_API_KEY=OPENAI_KEY)
+    for args in (("--port", "70000"), ("--log-format=json", "--proxy-path", "nope")):
+        result = run_cli("serve", "--log-format", "json", *args, env=env)
+        assert result.returncode == 2 and result.stdout == ""
+        [error] = json_objects([result.stderr])
+        assert error["level"] == "error" and ("--port" in error["message"] or "nope" in error["message"])

@@ -6,7 +6,8 @@ records what reached it. Message shapes follow Deepgram's published schemas (the
 definitions shipped in ``deepgram-sdk`` 7 and developers.deepgram.com); where the docs are
 silent the choice is marked "simulator choice".
 
-Routes: ``/v1/agent/converse``, ``/v1/listen``, ``/v1/speak``; anything else -> HTTP 404.
+Routes: ``/v1/agent/converse``, ``/v1/listen``, ``/v1/speak``, and Flux's ``/v2/listen`` and
+``/v2/speak`` (``voxgate.simulate.deepgram_v2``); anything else -> HTTP 404.
 Auth: ``Authorization: Token <key>`` or the subprotocol pair ``token``, ``<key>`` (then
 ``token`` is echoed) -> otherwise HTTP 401, no 101, TCP closed.
 
@@ -60,8 +61,10 @@ __all__ = [
     "DEEPGRAM_FAULT_KINDS",
     "JSON_BINARY_PARAM",
     "LISTEN_PATH",
+    "LISTEN_V2_PATH",
     "NET0001_REASON",
     "SPEAK_PATH",
+    "SPEAK_V2_PATH",
     "AgentSession",
     "DeepgramSimulator",
     "ListenOptions",
@@ -75,6 +78,9 @@ __all__ = [
 AGENT_PATH = "/v1/agent/converse"
 LISTEN_PATH = "/v1/listen"
 SPEAK_PATH = "/v1/speak"
+LISTEN_V2_PATH = "/v2/listen"
+SPEAK_V2_PATH = "/v2/speak"
+PATHS = (AGENT_PATH, LISTEN_PATH, SPEAK_PATH, LISTEN_V2_PATH, SPEAK_V2_PATH)
 
 JSON_BINARY_PARAM = "sim_json_binary"
 CLOSE_REASON_PARAM = "sim_close_reason"
@@ -94,6 +100,14 @@ AUDIO_CHUNK_MS = 100  # agent/speak audio goes out in frames of this length
 AGENT_END_OF_SPEECH_S = 0.6  # silence that ends a user turn on the agent path
 SPEAK_MS_PER_CHAR = 50  # speak audio length per buffered character
 INTERIM_INTERVAL_S = 0.5  # listen interim Results at most this often (stream time)
+# Deepgram answers silence too: a final Results with an empty transcript once this much
+# silence has streamed, or once the audio has paused this long (wall time) with silence
+# not yet reported (simulator choices for "a short while").
+SILENCE_RESULT_S = 2.0
+SILENCE_PAUSE_S = 0.5
+# Speak text without a Flush is spoken once no Speak arrived for this long: Flush only
+# saves the wait for more text (Deepgram's starter apps never send it).
+SPEAK_PAUSE_S = 0.5
 VAD_WINDOW_S = 0.02
 VAD_THRESHOLD = 0.02  # RMS (0..1) above which a window counts as speech
 
@@ -675,6 +689,7 @@ class ListenSession(_Session):
         self._last_result_t = 0.0
         self._last_word_end = 0.0
         self._utterance_open = False  # speech seen since the last UtteranceEnd
+        self._last_audio = now
         super().__init__(now=now, fault=fault, close_reason=close_reason)
 
     # -- input
@@ -706,8 +721,11 @@ class ListenSession(_Session):
             self._close_stream()
             return
         self._got_audio = True
+        self._last_audio = now
         self._sha.update(message)
         self._run_windows(self._vad.feed(decode_audio(message, self.options.encoding)))
+        if self._silence_unreported() and self._vad.time - self._segment_start >= SILENCE_RESULT_S:
+            self._final(speech_final=False, from_finalize=False)
         opts = self.options
         if (
             opts.interim_results
@@ -763,13 +781,24 @@ class ListenSession(_Session):
         self._end(Close(1000))
 
     # -- timers
+    def _silence_unreported(self) -> bool:
+        """Audio since the last final that holds no speech (Deepgram still answers it)."""
+        return self._got_audio and self._speech_start is None and self._vad.time > self._segment_start
+
     def _tick(self, now: float) -> None:
-        if not self._ended and now >= self._last_activity + self._idle_timeout:
+        if self._ended:
+            return
+        if self._silence_unreported() and now >= self._last_audio + SILENCE_PAUSE_S:
+            self._final(speech_final=False, from_finalize=False)
+        if now >= self._last_activity + self._idle_timeout:
             self._emit(self._metadata())
             self._end(Close(1011, NET0001_REASON))
 
     def _deadline(self) -> float | None:
-        return self._last_activity + self._idle_timeout
+        idle = self._last_activity + self._idle_timeout
+        if self._silence_unreported():
+            return min(idle, self._last_audio + SILENCE_PAUSE_S)
+        return idle
 
     # -- output
     def _channel(self) -> list[int]:
@@ -860,7 +889,9 @@ SPEAK_ENCODINGS = ("linear16", "mulaw", "alaw")
 
 class SpeakSession(_Session):
     """Streaming TTS (``/v1/speak``): Speak buffers text, Flush returns a tone of
-    ``SPEAK_MS_PER_CHAR`` per character then ``Flushed``, Clear -> ``Cleared``, Close -> 1000."""
+    ``SPEAK_MS_PER_CHAR`` per character then ``Flushed``; text left buffered is spoken
+    (without ``Flushed``) once no Speak came for ``SPEAK_PAUSE_S``; Clear -> ``Cleared``,
+    Close -> 1000."""
 
     def __init__(
         self,
@@ -879,6 +910,7 @@ class SpeakSession(_Session):
         self.sample_rate = sample_rate
         self._buffer: list[str] = []
         self._sequence = 0
+        self._last_speak = now
         super().__init__(now=now, fault=fault, close_reason=close_reason)
 
     @classmethod
@@ -929,6 +961,7 @@ class SpeakSession(_Session):
             text = msg.get("text")
             if isinstance(text, str):
                 self._buffer.append(text)
+                self._last_speak = now
             else:
                 self._warning("Speak messages need a text field.")
         elif kind == "Flush":
@@ -951,7 +984,7 @@ class SpeakSession(_Session):
         samples = int(self.sample_rate * (len(text) * SPEAK_MS_PER_CHAR) / 1000)
         return samples * _bytes_per_sample(self.encoding)
 
-    def _flush(self) -> None:
+    def _speak_buffer(self) -> None:
         text = "".join(self._buffer)
         self._buffer.clear()
         if text:
@@ -960,7 +993,17 @@ class SpeakSession(_Session):
             chunk = self.sample_rate * AUDIO_CHUNK_MS // 1000 * _bytes_per_sample(self.encoding)
             for frame in _chunks(audio, chunk):
                 self._emit(frame)
+
+    def _flush(self) -> None:
+        self._speak_buffer()
         self._emit({"type": "Flushed", "sequence_id": self._next_sequence()})
+
+    def _tick(self, now: float) -> None:
+        if not self._ended and self._buffer and now >= self._last_speak + SPEAK_PAUSE_S:
+            self._speak_buffer()
+
+    def _deadline(self) -> float | None:
+        return self._last_speak + SPEAK_PAUSE_S if self._buffer else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -999,7 +1042,8 @@ class _PingTap:
 
 
 class DeepgramSimulator:
-    """Serves the three Deepgram WebSocket APIs and records every connection."""
+    """Serves the Deepgram WebSocket APIs (agent, listen and speak v1, Flux v2) and records
+    every connection."""
 
     def __init__(self, *, api_key: str, listen_idle_timeout: float = 10.0) -> None:
         self._api_key = api_key
@@ -1081,12 +1125,27 @@ class DeepgramSimulator:
                 idle_timeout=self._listen_idle_timeout,
                 **common,
             )
+        if record.path in (LISTEN_V2_PATH, SPEAK_V2_PATH):
+            from voxgate.simulate import deepgram_v2
+
+            if record.path == SPEAK_V2_PATH:
+                return deepgram_v2.SpeakV2Session.from_query(record.query, **common)
+            try:
+                options, problem = deepgram_v2.FluxOptions.from_query(record.query), None
+            except deepgram_v2.FluxParamError as exc:
+                options, problem = None, str(exc)
+            return deepgram_v2.FluxSession(
+                options=options,
+                param_error=problem,
+                idle_timeout=self._listen_idle_timeout,
+                **common,
+            )
         return SpeakSession.from_query(record.query, **common)
 
     async def _handle(self, conn: SimConnection) -> None:
         record = conn.record
         request_id = str(uuid.uuid4())
-        if record.path not in (AGENT_PATH, LISTEN_PATH, SPEAK_PATH):
+        if record.path not in PATHS:
             await conn.reject(
                 404, {"err_code": "NOT_FOUND", "err_msg": "Not Found", "request_id": request_id}
             )

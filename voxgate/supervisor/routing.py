@@ -17,7 +17,8 @@ class Route:
     """A WebSocket route served by a worker: provider plus what the worker does with it."""
 
     provider: str
-    kind: str  # openai: "translate" | "realtime"; deepgram: "agent" | "listen" | "speak"
+    # openai: "translate" | "realtime" | "calls"; deepgram: "agent" | "listen" | "speak" | "listen_v2" | "speak_v2"
+    kind: str
 
     @property
     def name(self) -> str:
@@ -59,6 +60,8 @@ class Router:
             f"{proxy_path}/v1/agent/converse": Route(DEEPGRAM, "agent"),
             f"{proxy_path}/v1/listen": Route(DEEPGRAM, "listen"),
             f"{proxy_path}/v1/speak": Route(DEEPGRAM, "speak"),
+            f"{proxy_path}/v2/listen": Route(DEEPGRAM, "listen_v2"),
+            f"{proxy_path}/v2/speak": Route(DEEPGRAM, "speak_v2"),
         }
 
     def http_route(self, method: str, path: str) -> Route | None:

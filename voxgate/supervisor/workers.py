@@ -205,11 +205,13 @@ class Slot:
         """Watch one worker process until it is gone, then clean up after it."""
         pool = self.pool
         status = None
+        asked_to_stop = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, worker)
                 nursery.start_soon(self._watchdog, worker)
                 status = await worker.process.wait()
+                asked_to_stop = self.draining or worker in self.retiring
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -220,9 +222,12 @@ class Slot:
                 self.worker = None
             pool.changed()
             exited.set()
-        pool.log.warning(
-            "worker exited", provider=pool.provider, worker=worker.worker_id, pid=worker.pid,
-            status=_describe_status(worker.process.returncode if status is None else status),
+        code = worker.process.returncode if status is None else status
+        # A worker that drained and exited 0 because we asked it to is routine, not a warning.
+        level = "info" if asked_to_stop and code == 0 else "warning"
+        pool.log.event(
+            level, "worker exited", provider=pool.provider, worker=worker.worker_id, pid=worker.pid,
+            status=_describe_status(code),
         )
 
     async def _reap(self, worker: Worker) -> None:

@@ -1,4 +1,4 @@
-"""Route table of the Deepgram worker: agent, listen and speak are all passthrough."""
+"""Route table of the Deepgram worker: agent, listen and speak (v1 and v2) are all passthrough."""
 
 from __future__ import annotations
 
@@ -11,4 +11,6 @@ async def handle(session: Session) -> None:
     await run_passthrough(session, profile_for(session))
 
 
-HANDLERS: dict[str, Handler] = {"agent": handle, "listen": handle, "speak": handle}
+HANDLERS: dict[str, Handler] = {
+    kind: handle for kind in ("agent", "listen", "speak", "listen_v2", "speak_v2")
+}

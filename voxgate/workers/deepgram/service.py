@@ -24,11 +24,17 @@ DROP_PARAMS = GATEWAY_PARAMS | {"service"}
 KEEPALIVE = b'{"type":"KeepAlive"}'
 
 
+# Route kind -> the Deepgram API path it relays to (Flux recognition and turn-based TTS on v2).
+API_PATHS = {"listen": "/v1/listen", "speak": "/v1/speak", "listen_v2": "/v2/listen", "speak_v2": "/v2/speak"}
+# Streaming recognition: the client may legitimately stay silent (no idle timeout).
+LISTEN_KINDS = frozenset({"listen", "listen_v2"})
+
+
 def upstream_url(config: Config, kind: str) -> str:
-    """P3: agent on DEEPGRAM_AGENT_URL, listen and speak on DEEPGRAM_API_URL."""
+    """P3: agent on DEEPGRAM_AGENT_URL, listen and speak (v1 and v2) on DEEPGRAM_API_URL."""
     if kind == "agent":
         return config.deepgram_agent_url.rstrip("/") + "/v1/agent/converse"
-    return config.deepgram_api_url.rstrip("/") + f"/v1/{kind}"
+    return config.deepgram_api_url.rstrip("/") + API_PATHS[kind]
 
 
 def error_payload(description: str, code: str) -> bytes:
@@ -59,6 +65,7 @@ def profile_for(session: Session) -> UpstreamProfile:
     request = session.handshake.request
     is_agent = kind == "agent"
     observer = SyntheticAgentAudioDone() if is_agent and config.deepgram_synthetic_agent_audio_done else None
+    # KeepAlive is a v1 (Nova) control message; Flux has none, so none is sent on listen_v2.
     keepalive = (config.deepgram_keepalive, KEEPALIVE) if kind == "listen" and config.deepgram_keepalive else None
     return UpstreamProfile(
         url=upstream_url(config, kind),
@@ -69,6 +76,6 @@ def profile_for(session: Session) -> UpstreamProfile:
         limit_payloads=agent_limit if is_agent else (lambda code: []),
         observer=observer,
         keepalive=keepalive,
-        idle_timeout=config.idle_timeout if kind != "listen" else None,
+        idle_timeout=config.idle_timeout if kind not in LISTEN_KINDS else None,
         secret=config.deepgram_key,
     )
