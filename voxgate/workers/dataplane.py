@@ -314,6 +314,15 @@ class FdConn(Conn):
         if not self.closed:
             self.dp._set(self)
 
+    def detach(self) -> None:
+        """Leave the loop without closing the socket (its owner closes it, politely)."""
+        if not self.closed:
+            self.dp._forget(self)
+            self.closed = True
+            self.reading = False
+            self.out.clear()
+            self.out_bytes = 0
+
     async def aclose(self) -> None:
         if not self.closed:
             self.dp._forget(self)
