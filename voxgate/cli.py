@@ -26,6 +26,7 @@ from voxgate.config import (
     normalize_key,
     read_key_file,
 )
+from voxgate.policy import load_policy
 
 ROUTE_LABELS = {
     "openai.translate": "Deepgram Voice Agent protocol -> OpenAI Realtime",
@@ -108,11 +109,26 @@ GATEWAY_OPTIONS: list[Callable] = [
                  help="Origin allowed to open sessions (repeatable; env: comma-separated). Unset: any origin."),
     click.option("--client-token", "client_tokens", envvar="VOXGATE_CLIENT_TOKENS", multiple=True,
                  callback=lambda ctx, param, value: _split_list(value),
-                 help="Static client token (repeatable; env: comma-separated). Any set: every session needs one."),
+                 help="Static client token, optionally `label:token` (repeatable; env: comma-separated). Any set: every session needs one."),
     click.option("--token-secret", envvar="VOXGATE_TOKEN_SECRET", default=None,
                  help="HMAC secret for short-lived signed tokens minted by POST /v1/tokens."),
     click.option("--admin-token", envvar="VOXGATE_ADMIN_TOKEN", default=None,
-                 help="Bearer token that authorizes POST /v1/tokens."),
+                 help="Bearer token of the admin API: POST /v1/tokens, /v1/realtime/client_secrets, /v1/sessions."),
+    click.option("--token-max-sessions", envvar="VOXGATE_TOKEN_MAX_SESSIONS", type=click.IntRange(1), default=None,
+                 help="Concurrent sessions per static client token (over it: 429, or see --on-session-limit)."),
+    click.option("--token-max-session-seconds", envvar="VOXGATE_TOKEN_MAX_SESSION_SECONDS",
+                 type=click.FloatRange(1, 86400 * 7), default=None,
+                 help="Longest session of a static client token (then Error budget_exhausted, 1008)."),
+    click.option("--token-max-audio-seconds", envvar="VOXGATE_TOKEN_MAX_AUDIO_SECONDS",
+                 type=click.FloatRange(1), default=None,
+                 help="Audio seconds (both directions) a static client token may use while the gateway runs."),
+    click.option("--token-max-tokens", envvar="VOXGATE_TOKEN_MAX_TOKENS", type=click.IntRange(1), default=None,
+                 help="OpenAI tokens (response.done totals) a static client token may use while the gateway runs."),
+    click.option("--on-session-limit", envvar="VOXGATE_ON_SESSION_LIMIT",
+                 type=click.Choice(["reject", "replace-oldest"]), default="reject", show_default=True,
+                 help="A token at its max sessions: refuse the new session (429) or end its oldest (Error replaced)."),
+    click.option("--session-policy", envvar="VOXGATE_SESSION_POLICY", default=None,
+                 help="YAML or JSON file pinning instructions, models, tools, max output tokens, voice per path."),
     click.option("--max-sessions", envvar="VOXGATE_MAX_SESSIONS", type=click.IntRange(1), default=None,
                  help="Global session cap (over it: 503 + Retry-After)."),
     click.option("--max-sessions-per-ip", envvar="VOXGATE_MAX_SESSIONS_PER_IP", type=click.IntRange(1), default=None,
@@ -205,6 +221,12 @@ def build_config(opts: dict[str, Any]) -> Config:
         trust_proxy_headers=opts["trust_proxy_headers"],
         tls_cert=opts["tls_cert"],
         tls_key=opts["tls_key"],
+        token_max_sessions=opts["token_max_sessions"],
+        token_max_session_seconds=opts["token_max_session_seconds"],
+        token_max_audio_seconds=opts["token_max_audio_seconds"],
+        token_max_tokens=opts["token_max_tokens"],
+        on_session_limit=opts["on_session_limit"],
+        session_policy=load_policy(opts["session_policy"]) if opts["session_policy"] else None,
         log_level=opts["log_level"].lower(),
         log_format=resolve_log_format(opts["log_format"]),
     )
@@ -369,6 +391,10 @@ def describe(config: Config) -> list[str]:
         f"caps global {config.max_sessions or 'none'}, per-ip {config.max_sessions_per_ip or 'none'}, "
         f"per-ip/min {config.max_new_sessions_per_ip_per_minute or 'none'}"
         f"{', client IP from X-Forwarded-For' if config.trust_proxy_headers else ''}",
+        f"budgets per static token: sessions {config.token_max_sessions or 'unlimited'} "
+        f"({config.on_session_limit}), session {_off(config.token_max_session_seconds)}, "
+        f"audio {_off(config.token_max_audio_seconds)}, tokens {config.token_max_tokens or 'unlimited'}; "
+        f"session policy {'on for ' + ', '.join(config.session_policy['paths']) if config.session_policy else 'off'}",
     ]
     return [*startup_notes(config), *lines]
 
@@ -439,6 +465,110 @@ def _simulator_command(name: str) -> Callable:
 
 simulate.command("openai")(_simulator_command("openai"))
 simulate.command("deepgram")(_simulator_command("deepgram"))
+
+
+@cli.group()
+@click.option("--url", envvar="VOXGATE_URL", default="http://127.0.0.1:8080", show_default=True,
+              help="Base URL of the gateway.")
+@click.option("--admin-token", envvar="VOXGATE_ADMIN_TOKEN", default=None, help="The gateway's --admin-token.")
+@click.pass_context
+def sessions(ctx: click.Context, url: str, admin_token: str | None) -> None:
+    """List or end live sessions through the admin API (/v1/sessions)."""
+    if not admin_token:
+        raise click.UsageError("--admin-token (or VOXGATE_ADMIN_TOKEN) is required")
+    if not url.startswith(("http://", "https://")):
+        raise click.UsageError(f"--url must be an http:// or https:// URL, got {url!r}")
+    ctx.obj = (url.rstrip("/"), admin_token)
+
+
+def _admin_call(ctx: click.Context, method: str, path: str, query: dict[str, str | None]) -> dict:
+    """One admin API call; gateway errors become one-line StartupErrors (exit 1)."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    base, token = ctx.obj
+    params = urllib.parse.urlencode({k: v for k, v in query.items() if v})
+    request = urllib.request.Request(
+        f"{base}{path}{'?' + params if params else ''}", method=method,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        try:
+            detail = json.loads(err.read()).get("message", "")
+        except ValueError:
+            detail = ""
+        raise StartupError(f"the gateway answered {err.code}{': ' + detail if detail else ''}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StartupError(f"cannot reach the gateway at {base}: {reason}") from None
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def session_table(rows: list[dict]) -> str:
+    """The readable table of `voxgate sessions list`."""
+    head = ("ID", "PROVIDER", "ROUTE", "CLIENT IP", "TOKEN", "AGE s", "AUDIO UP s", "AUDIO DOWN s", "TOKENS", "CHARS")
+    lines = [head]
+    for r in rows:
+        usage = r["usage"]
+        lines.append((
+            r["id"], r["provider"], r["route"], r["client_ip"], r["token_label"] or "-", f"{r['duration_s']:.1f}",
+            _seconds(usage["audio_seconds"]["up"]), _seconds(usage["audio_seconds"]["down"]),
+            str(usage["tokens"]["total"]), str(usage["characters"]),
+        ))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+@sessions.command("list")
+@click.option("--provider", type=click.Choice(["openai", "deepgram"]), default=None)
+@click.option("--route", default=None, help="agent, listen, speak, translate or realtime.")
+@click.option("--client-ip", default=None)
+@click.option("--token-label", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+@click.pass_context
+def sessions_list(ctx: click.Context, provider: str | None, route: str | None, client_ip: str | None,
+                  token_label: str | None, as_json: bool) -> None:
+    """Live sessions of every worker, oldest first."""
+    import json
+
+    body = _admin_call(ctx, "GET", "/v1/sessions",
+                       {"provider": provider, "route": route, "client_ip": client_ip, "token_label": token_label})
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(session_table(body["sessions"]))
+    click.echo(f"{len(body['sessions'])} live session(s)")
+
+
+@sessions.command("kill")
+@click.argument("session_id", required=False)
+@click.option("--client-ip", default=None, help="End every session from this client address.")
+@click.option("--token-label", default=None, help="End every session of this client token label.")
+@click.option("--provider", type=click.Choice(["openai", "deepgram"]), default=None)
+@click.pass_context
+def sessions_kill(ctx: click.Context, session_id: str | None, client_ip: str | None, token_label: str | None,
+                  provider: str | None) -> None:
+    """End one session by id, or every session matching the filters."""
+    filters = {"client_ip": client_ip, "token_label": token_label, "provider": provider}
+    if session_id and any(filters.values()):
+        raise click.UsageError("give a session ID or filters, not both")
+    if not session_id and not any(filters.values()):
+        raise click.UsageError("give a session ID, --client-ip, --token-label or --provider")
+    if session_id:
+        if not all(c in "0123456789abcdef" for c in session_id):
+            raise click.UsageError(f"not a session id: {session_id[:40]!r}")
+        body = _admin_call(ctx, "DELETE", f"/v1/sessions/{session_id}", {})
+    else:
+        body = _admin_call(ctx, "DELETE", "/v1/sessions", filters)
+    click.echo(f"ended {body['ended']} session(s){': ' + ', '.join(body['ids']) if body['ids'] else ''}")
 
 
 def _register_subcommands() -> None:

@@ -24,11 +24,29 @@ NO_KEY_MESSAGE = (
 )
 WORKER_CONFIG_ENV = "VOXGATE_WORKER_CONFIG"
 SECRET_FIELDS = ("openai_key", "deepgram_key", "client_tokens", "token_secret", "admin_token")
-RESERVED_PATHS = ("/openai", "/healthz", "/health", "/readyz", "/ready", "/metrics", "/v1/tokens")
+RESERVED_PATHS = (
+    "/openai", "/healthz", "/health", "/readyz", "/ready", "/metrics", "/v1/tokens", "/v1/sessions",
+    "/v1/realtime/client_secrets",
+)
+LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.@-")
 
 
 class ConfigError(ValueError):
     """An invalid option value; the CLI prints it as one line and exits 2."""
+
+
+def valid_label(label: object) -> bool:
+    """A client token label: 1-64 of letters, digits and `_.@-` (it shows in logs and APIs)."""
+    return isinstance(label, str) and 0 < len(label) <= 64 and set(label) <= LABEL_CHARS
+
+
+def split_static_token(entry: str, index: int) -> tuple[str, str]:
+    """(label, token) of a `--client-token` value: `label:token` names it, a bare token is
+    labelled `static-<n>` (its 1-based position), so the label never reveals the token."""
+    label, sep, token = entry.partition(":")
+    if sep and token and valid_label(label):
+        return label, token
+    return f"static-{index + 1}", entry
 
 
 def normalize_key(provider: str, raw: str | None) -> str | None:
@@ -116,10 +134,18 @@ class Config:
     trust_proxy_headers: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
+    # budgets of static client tokens (issue 11); minted tokens carry their own
+    token_max_sessions: int | None = None
+    token_max_session_seconds: float | None = None
+    token_max_audio_seconds: float | None = None
+    token_max_tokens: int | None = None
+    on_session_limit: str = "reject"  # reject | replace-oldest
+    session_policy: dict | None = None  # parsed --session-policy (voxgate.policy)
 
     def secrets(self) -> list[str]:
         """Every secret this config holds, for log scrubbing."""
-        values = [self.openai_key, self.deepgram_key, self.token_secret, self.admin_token, *self.client_tokens]
+        tokens = [split_static_token(t, i)[1] for i, t in enumerate(self.client_tokens)]
+        values = [self.openai_key, self.deepgram_key, self.token_secret, self.admin_token, *self.client_tokens, *tokens]
         return [v for v in values if v]
 
     def key_for(self, provider: str) -> str | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from voxgate.config import split_static_token
 from voxgate.supervisor.http import Head
 
 TOKEN_PREFIX = "vg1"
@@ -41,6 +42,58 @@ class Rejection:
         return [("Retry-After", str(self.retry_after))] if self.retry_after else []
 
 
+# budget field -> claim name in a signed token
+BUDGET_CLAIMS = {
+    "max_sessions": "ms", "max_session_seconds": "ss", "max_audio_seconds": "as", "max_tokens": "mt",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one client token may spend: concurrent sessions, seconds per session, and audio
+    seconds and OpenAI tokens over the token's lifetime. None = unlimited."""
+
+    max_sessions: int | None = None
+    max_session_seconds: float | None = None
+    max_audio_seconds: float | None = None
+    max_tokens: int | None = None
+
+    def claims(self) -> dict[str, float]:
+        return {BUDGET_CLAIMS[k]: v for k, v in self.items() if v is not None}
+
+    def items(self) -> list[tuple[str, float | None]]:
+        return [(name, getattr(self, name)) for name in BUDGET_CLAIMS]
+
+    @classmethod
+    def from_claims(cls, claims: dict) -> Budget:
+        values = {}
+        for name, claim in BUDGET_CLAIMS.items():
+            value = claims.get(claim)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                values[name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """The client token a session was admitted with: its label (shown) and the identity its
+    budget is kept under (never shown: for minted tokens it is part of the token)."""
+
+    label: str
+    key: str
+    budget: Budget
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRejection(Rejection):
+    """A 429 that names the budget limit the client token reached."""
+
+    limit: str = ""
+
+    def body(self) -> dict:
+        return {"error": "budget_exceeded", "limit": self.limit, "message": self.message}
+
+
 @dataclass(frozen=True)
 class AdmissionConfig:
     allowed_origins: tuple[str, ...] = ()
@@ -50,6 +103,7 @@ class AdmissionConfig:
     max_sessions_per_ip: int | None = None
     max_new_sessions_per_ip_per_minute: int | None = None
     trust_proxy_headers: bool = False
+    static_budget: Budget = Budget()
 
     @property
     def auth_required(self) -> bool:
@@ -65,14 +119,19 @@ def _unb64(text: str) -> bytes:
 
 
 def mint_token(secret: str, *, ttl: int, origin: str | None = None, provider: str | None = None,
-               now: float | None = None) -> tuple[str, int]:
+               now: float | None = None, label: str | None = None,
+               budget: Budget | None = None) -> tuple[str, int]:
     """A signed short-lived client token: `vg1.<claims>.<hmac>`; returns (token, expires_at)."""
     expires = int((time.time() if now is None else now) + ttl)
-    claims = {"exp": expires, "n": _b64(os.urandom(9))}
+    claims: dict = {"exp": expires, "n": _b64(os.urandom(9))}
     if origin:
         claims["o"] = origin
     if provider:
         claims["p"] = provider
+    if label:
+        claims["l"] = label
+    if budget is not None:
+        claims.update(budget.claims())
     body = _b64(orjson.dumps(claims))
     sig = hmac.new(secret.encode(), f"{TOKEN_PREFIX}.{body}".encode(), hashlib.sha256).digest()
     return f"{TOKEN_PREFIX}.{body}.{_b64(sig)}", expires
@@ -145,7 +204,9 @@ class Admission:
 
     def __init__(self, config: AdmissionConfig) -> None:
         self.config = config
-        self._tokens = tuple(t.encode() for t in config.client_tokens)
+        pairs = [split_static_token(t, i) for i, t in enumerate(config.client_tokens)]
+        self._tokens = tuple(token.encode() for _, token in pairs)
+        self._labels = tuple(label for label, _ in pairs)
         self.bucket = (
             TokenBucket(config.max_new_sessions_per_ip_per_minute)
             if config.max_new_sessions_per_ip_per_minute else None
@@ -166,22 +227,36 @@ class Admission:
         return origin is not None and origin in allowed
 
     def _token_ok(self, token: str, origin: str | None, provider: str) -> bool:
+        return self.token_info(token, origin, provider) is not None
+
+    def token_info(self, token: str, origin: str | None, provider: str) -> TokenInfo | None:
+        """Who a valid token belongs to, or None for an invalid one."""
         raw = token.encode()
-        ok = False
-        for candidate in self._tokens:  # no early exit: constant work per candidate
-            ok |= hmac.compare_digest(candidate, raw)
-        if ok:
-            return True
+        found = -1
+        for index, candidate in enumerate(self._tokens):  # no early exit: constant work per candidate
+            if hmac.compare_digest(candidate, raw):
+                found = index
+        if found >= 0:
+            label = self._labels[found]
+            return TokenInfo(label, f"static:{label}", self.config.static_budget)
         if self.config.token_secret and token.startswith(TOKEN_PREFIX + "."):
             claims = verify_signed(self.config.token_secret, token)
             if claims is None:
-                return False
+                return None
             if claims.get("o") and claims["o"] != origin:
-                return False
+                return None
             if claims.get("p") and claims["p"] != provider:
-                return False
-            return True
-        return False
+                return None
+            label = claims.get("l") if isinstance(claims.get("l"), str) else "minted"
+            return TokenInfo(label, f"minted:{claims.get('n')}", Budget.from_claims(claims))
+        return None
+
+    def identify(self, head: Head, query: list[tuple[str, str]], provider: str) -> TokenInfo | None:
+        """The token of an admitted upgrade (None when client auth is off)."""
+        if not self.config.auth_required:
+            return None
+        token = offered_token(head, query)
+        return None if token is None else self.token_info(token, head.header("origin"), provider)
 
     def check(
         self, head: Head, query: list[tuple[str, str]], provider: str, ip: str, *,

@@ -36,6 +36,49 @@ class Metrics:
         self.rejections = Counter("voxgate_admission_rejections", "Upgrades refused before 101", ["reason"], registry=r)
         self.restarts = Counter("voxgate_worker_restarts", "Worker restarts", ["provider"], registry=r)
         self.workers = Gauge("voxgate_workers", "Workers by state", ["provider", "state"], registry=r)
+        self.ready = Gauge("voxgate_ready", "1 when the provider takes new sessions (as /readyz)", ["provider"], registry=r)
+        self.usage_audio = Counter(
+            "voxgate_usage_audio_seconds", "Audio seconds metered (up = client to provider)",
+            ["provider", "route", "direction"], registry=r,
+        )
+        self.usage_tokens = Counter(
+            "voxgate_usage_tokens", "OpenAI tokens reported by response.done (cached is part of input)",
+            ["provider", "kind"], registry=r,
+        )
+        self.usage_characters = Counter(
+            "voxgate_usage_characters", "Characters sent to text-to-speech", ["provider"], registry=r
+        )
+        self.budget_stops = Counter(
+            "voxgate_sessions_stopped", "Sessions ended by the gateway (operator, budget, replaced)",
+            ["reason"], registry=r,
+        )
+        # every label set the dashboards use exists from the start (no series appears late)
+        for provider, route in (("openai", "translate"), ("openai", "realtime"), ("deepgram", "agent"),
+                                ("deepgram", "listen"), ("deepgram", "speak"), ("deepgram", "listen_v2"),
+                                ("deepgram", "speak_v2")):
+            self.sessions_total.labels(provider, route)
+            for direction in ("up", "down"):
+                self.usage_audio.labels(provider, route, direction)
+                self.frames.labels(provider, route, direction)
+        for kind in ("input_text", "input_audio", "output_text", "output_audio", "cached"):
+            self.usage_tokens.labels("openai", kind)
+        self.usage_characters.labels("deepgram")
+        for reason in ("terminated", "budget_exhausted", "replaced"):
+            self.budget_stops.labels(reason)
+
+    def fold_usage(self, provider: str, route: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Add the difference between two cumulative usage reports of one session."""
+        for direction in ("up", "down"):
+            delta = (new["audio_seconds"][direction] or 0.0) - (old["audio_seconds"][direction] or 0.0)
+            if delta > 0:
+                self.usage_audio.labels(provider, route, direction).inc(delta)
+        for kind in ("input_text", "input_audio", "output_text", "output_audio", "cached"):
+            delta = new["tokens"][kind] - old["tokens"][kind]
+            if delta > 0:
+                self.usage_tokens.labels(provider, kind).inc(delta)
+        delta = new["characters"] - old["characters"]
+        if delta > 0:
+            self.usage_characters.labels(provider).inc(delta)
 
     def fold_heartbeat(self, provider: str, stats: dict[str, Any]) -> None:
         """Add one heartbeat's deltas (see runtime.WorkerCounters.take)."""
@@ -53,11 +96,12 @@ class Metrics:
         for seconds in stats.get("connect_seconds", []):
             self.connect_latency.labels(provider).observe(seconds)
 
-    def render(self, pools: dict) -> bytes:
+    def render(self, pools: dict, draining: bool = False) -> bytes:
         """Text exposition, with gauges refreshed from the live pools."""
         self.sessions_active.clear()
         self.workers.clear()
         for provider, pool in pools.items():
+            self.ready.labels(provider).set(0 if draining or not pool.ready_workers() else 1)
             per_route: dict[str, int] = {}
             states: dict[str, int] = {}
             for worker in pool.workers():

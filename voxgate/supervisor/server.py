@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 import trio
 
-from voxgate.config import KEY_VARS, Config
+from voxgate.config import KEY_VARS, Config, valid_label
+from voxgate.control import ChannelClosed
 from voxgate.logs import EventLog
 from voxgate.supervisor import metrics
 from voxgate.supervisor.admission import (
@@ -25,15 +26,23 @@ from voxgate.supervisor.admission import (
     TOKEN_TTL_MAX,
     Admission,
     AdmissionConfig,
+    Budget,
+    BudgetRejection,
+    Rejection,
+    TokenInfo,
     mint_token,
 )
 from voxgate.supervisor.http import Head, HeadError, read_head, response
 from voxgate.supervisor.metrics import Metrics
 from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
+from voxgate.supervisor.sessions import Ledger, SessionRef, exhausted, parse_filters
 from voxgate.supervisor.tlspump import pump_tls
 from voxgate.supervisor.workers import ProviderPool, Worker
 
 HANDOFF_ATTEMPTS = 3
+SESSIONS_PATH = "/v1/sessions"
+CLIENT_SECRETS_PATH = "/v1/realtime/client_secrets"
+CLIENT_SECRET_TTL_DEFAULT = 600  # OpenAI's default for client secrets
 MAX_POST_BODY = 64 << 10
 """A POST body is read whole before the hand-off (token requests; WebRTC SDP offers, which
 with a session configuration run to a few KiB)."""
@@ -70,6 +79,7 @@ class Supervisor:
                 provider, config, log,
                 on_restart=lambda p: self.metrics.restarts.labels(p).inc(),
                 on_heartbeat=self.metrics.fold_heartbeat,
+                on_report=self.on_report,
             )
             for provider in config.enabled_providers
         }
@@ -90,8 +100,21 @@ class Supervisor:
                 max_sessions_per_ip=config.max_sessions_per_ip,
                 max_new_sessions_per_ip_per_minute=config.max_new_sessions_per_ip_per_minute,
                 trust_proxy_headers=config.trust_proxy_headers,
+                static_budget=Budget(
+                    max_sessions=config.token_max_sessions,
+                    max_session_seconds=config.token_max_session_seconds,
+                    max_audio_seconds=config.token_max_audio_seconds,
+                    max_tokens=config.token_max_tokens,
+                ),
             )
         )
+        self.ledger = Ledger()
+        self._nursery: trio.Nursery | None = None
+        for provider in self.pools:
+            self.metrics.restarts.labels(provider)
+        for reason in ("origin", "token_missing", "token_invalid", "global_sessions", "ip_sessions", "ip_rate",
+                       "draining", "admin_token", "budget"):
+            self.metrics.rejections.labels(reason)
 
     # -- plain HTTP ---------------------------------------------------------------------
 
@@ -141,33 +164,115 @@ class Supervisor:
         ]
         return response(204, headers=headers, tls=self.tls)
 
+    def admin_ok(self, head: Head) -> bool:
+        """The request carries the admin token as its bearer (compared in constant time)."""
+        admin = self.config.admin_token
+        auth = head.header("authorization") or ""
+        given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
+        if admin and hmac.compare_digest(given, admin.encode()):
+            return True
+        self.metrics.rejections.labels("admin_token").inc()
+        return False
+
+    def _unauthorized(self) -> bytes:
+        return response(401, {"error": "unauthorized", "message": "admin token required"}, tls=self.tls)
+
+    def _bad(self, message: str) -> bytes:
+        return response(400, {"error": "bad_request", "message": message}, tls=self.tls)
+
+    @staticmethod
+    def json_body(head: Head) -> dict | str:
+        """The request's JSON object body ({} when empty), or what is wrong with it."""
+        try:
+            body = orjson.loads(head.body) if head.body.strip() else {}
+        except orjson.JSONDecodeError:
+            return "body must be JSON"
+        return body if isinstance(body, dict) else "body must be a JSON object"
+
+    @staticmethod
+    def token_terms(body: dict) -> tuple[str | None, Budget] | str:
+        """A minting request's label and budget, or what is wrong with them."""
+        label = body.get("label")
+        if label is not None and not valid_label(label):
+            return "label must be 1-64 letters, digits or _.@-"
+        values: dict[str, float] = {}
+        for name, _ in Budget().items():
+            value = body.get(name)
+            if value is None:
+                continue
+            integral = name in ("max_sessions", "max_tokens")
+            kinds = int if integral else int | float
+            if not isinstance(value, kinds) or isinstance(value, bool) or value <= 0:
+                return f"{name} must be a positive {'integer' if integral else 'number'}"
+            values[name] = value
+        return label, Budget(**values)
+
     def mint(self, head: Head) -> bytes:
         """POST /v1/tokens: a signed short-lived client token, for holders of the admin token."""
         cfg = self.config
         if not cfg.token_secret or not cfg.admin_token:
             return response(404, "Not Found", tls=self.tls)
-        auth = head.header("authorization") or ""
-        given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
-        if not hmac.compare_digest(given, cfg.admin_token.encode()):
-            self.metrics.rejections.labels("admin_token").inc()
-            return response(401, {"error": "unauthorized", "message": "admin token required"}, tls=self.tls)
-        try:
-            body = orjson.loads(head.body) if head.body.strip() else {}
-        except orjson.JSONDecodeError:
-            return response(400, {"error": "bad_request", "message": "body must be JSON"}, tls=self.tls)
-        if not isinstance(body, dict):
-            return response(400, {"error": "bad_request", "message": "body must be a JSON object"}, tls=self.tls)
+        if not self.admin_ok(head):
+            return self._unauthorized()
+        body = self.json_body(head)
+        if isinstance(body, str):
+            return self._bad(body)
         ttl = body.get("ttl", TOKEN_TTL_DEFAULT)
         origin = body.get("origin")
         provider = body.get("provider")
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= TOKEN_TTL_MAX:
-            return response(400, {"error": "bad_request", "message": f"ttl must be 1..{TOKEN_TTL_MAX} seconds"}, tls=self.tls)
+            return self._bad(f"ttl must be 1..{TOKEN_TTL_MAX} seconds")
         if origin is not None and not isinstance(origin, str):
-            return response(400, {"error": "bad_request", "message": "origin must be a string"}, tls=self.tls)
+            return self._bad("origin must be a string")
         if provider is not None and provider not in ("openai", "deepgram"):
-            return response(400, {"error": "bad_request", "message": "provider must be openai or deepgram"}, tls=self.tls)
-        token, expires = mint_token(cfg.token_secret, ttl=ttl, origin=origin, provider=provider)
+            return self._bad("provider must be openai or deepgram")
+        terms = self.token_terms(body)
+        if isinstance(terms, str):
+            return self._bad(terms)
+        label, budget = terms
+        token, expires = mint_token(
+            cfg.token_secret, ttl=ttl, origin=origin, provider=provider, label=label, budget=budget
+        )
         return response(200, {"token": token, "expires_at": expires, "ttl": ttl}, tls=self.tls)
+
+    def client_secret(self, head: Head) -> bytes:
+        """POST /v1/realtime/client_secrets in OpenAI's request and response shapes, so a backend
+        using the official SDK against voxgate's base URL gets a voxgate client token that a
+        browser then offers as its `openai-insecure-api-key.` subprotocol."""
+        cfg = self.config
+
+        def error(status: int, message: str, kind: str = "invalid_request_error") -> bytes:
+            body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+            return response(status, body, tls=self.tls)
+
+        if not cfg.token_secret or not cfg.admin_token:
+            return error(404, "client secrets need --token-secret and --admin-token", "not_found")
+        if not self.admin_ok(head):
+            return error(401, "admin token required as the bearer", "invalid_api_key")
+        body = self.json_body(head)
+        if isinstance(body, str):
+            return error(400, body)
+        expires_after = body.get("expires_after") or {}
+        ttl = expires_after.get("seconds", CLIENT_SECRET_TTL_DEFAULT) if isinstance(expires_after, dict) else None
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 10 <= ttl <= TOKEN_TTL_MAX:
+            return error(400, f"expires_after.seconds must be 10..{TOKEN_TTL_MAX}")
+        session = body.get("session") or {"type": "realtime"}
+        if not isinstance(session, dict):
+            return error(400, "session must be an object")
+        terms = self.token_terms(body)
+        if isinstance(terms, str):
+            return error(400, terms)
+        label, budget = terms
+        token, expires = mint_token(
+            cfg.token_secret, ttl=ttl, provider="openai", label=label or "client_secret", budget=budget
+        )
+        from voxgate.workers.openai.realtime import base_and_model
+
+        described = {
+            "type": "realtime", "model": base_and_model(cfg)[1], **session,
+            "object": "realtime.session", "id": f"sess_{uuid.uuid4().hex[:24]}", "expires_at": 0,
+        }
+        return response(200, {"value": token, "expires_at": expires, "session": described}, tls=self.tls)
 
     def http_answer(self, head: Head, path: str) -> bytes:
         endpoint = HTTP_ENDPOINTS.get(path)
@@ -179,6 +284,8 @@ class Supervisor:
             return self.cors_preflight(head)
         if head.method == "POST" and endpoint == "tokens":
             return self.mint(head)
+        if head.method == "POST" and path == CLIENT_SECRETS_PATH:
+            return self.client_secret(head)
         if head.method not in ("GET", "HEAD") or endpoint is None:
             if self.router.http_route("POST", path) is not None:
                 return response(405, "Method Not Allowed", headers=[("Allow", "POST, OPTIONS")], tls=self.tls)
@@ -192,7 +299,7 @@ class Supervisor:
             return response(status, body, tls=self.tls)
         if endpoint == "metrics":
             return response(
-                200, self.metrics.render(self.pools), tls=self.tls, content_type=metrics.CONTENT_TYPE
+                200, self.metrics.render(self.pools, self.draining), tls=self.tls, content_type=metrics.CONTENT_TYPE
             )
         return response(404, "Not Found", tls=self.tls)
 
@@ -245,6 +352,9 @@ class Supervisor:
         path, query = split_target(head.target)
         if head.is_websocket:
             route = self.router.websocket_route(path, query)
+        elif path == SESSIONS_PATH or path.startswith(SESSIONS_PATH + "/"):
+            await self._send(stream, await self.sessions_api(head, path, query))
+            return None
         else:
             route = self.router.http_route(head.method, path)  # admitted like any session
             if route is None:
@@ -268,12 +378,16 @@ class Supervisor:
             head, query, route.provider, ip,
             total_sessions=self.total_sessions(), ip_sessions=self.ip_sessions(ip), now=trio.current_time(),
         )
+        token = self.admission.identify(head, query, route.provider) if rejection is None else None
+        if token is not None:
+            rejection = self.budget_admission(token)
         if rejection is not None:
             self.metrics.rejections.labels(rejection.reason).inc()
-            self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason, ip=ip)
+            self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason,
+                          ip=ip, limit=getattr(rejection, "limit", None))
             await self._send(stream, response(rejection.status, rejection.body(), headers=rejection.headers(), tls=self.tls))
             return None
-        return await self._hand_off(stream, head, route, pool, query, ip)
+        return await self._hand_off(stream, head, route, pool, query, ip, token)
 
     def total_sessions(self) -> int:
         return sum(w.load for pool in self.pools.values() for w in pool.workers())
@@ -285,7 +399,7 @@ class Supervisor:
 
     async def _hand_off(
         self, stream: trio.abc.Stream, head: Head, route: Route, pool: ProviderPool,
-        query: list[tuple[str, str]], ip: str,
+        query: list[tuple[str, str]], ip: str, token: TokenInfo | None = None,
     ) -> trio.SocketStream | None:
         sid = uuid.uuid4().hex[:16]
         trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
@@ -293,6 +407,10 @@ class Supervisor:
             "t": "conn", "sid": sid, "route": route.kind, "peer": ip,
             "head_len": head.head_len, "trace": trace[:128], "tls": self.tls,
         }
+        if token is not None:
+            header["label"] = token.label
+            if token.budget.max_session_seconds:
+                header["max_seconds"] = token.budget.max_session_seconds
         for _ in range(HANDOFF_ATTEMPTS):
             worker: Worker | None = await pool.wait_for_worker(self.config.worker_wait)
             if worker is None:
@@ -302,8 +420,11 @@ class Supervisor:
             else:
                 ours, theirs = _socket_pair()
             self.log.debug("handing off", sid=sid, route=route.name, worker=worker.worker_id)
+            ref = SessionRef(
+                ip, route.kind, route.provider, sid, origin=head.header("origin"), token=token, trace=header["trace"],
+            )
             try:
-                taken = await worker.hand_off(header, head.raw, theirs.fileno(), self.config.worker_timeout + 2)
+                taken = await worker.hand_off(header, head.raw, theirs.fileno(), self.config.worker_timeout + 2, ref)
             finally:
                 if ours is not stream:
                     theirs.close()
@@ -320,10 +441,111 @@ class Supervisor:
         await self._send(stream, response(503, body, headers=[("Retry-After", "2")], tls=self.tls))
         return None
 
-    # -- lifecycle ----------------------------------------------------------------------
+    # -- live sessions, budgets, the admin API ----------------------------------------------
+
+    def live_sessions(self) -> list[SessionRef]:
+        return [ref for pool in self.pools.values() for w in pool.workers() for ref in w.sessions.values()]
+
+    def on_report(self, ref: SessionRef, report: dict[str, Any]) -> None:
+        """A worker's report of one session: keep it, meter the difference, check budgets."""
+        usage, traffic = report.get("usage"), report.get("traffic")
+        if isinstance(traffic, list) and len(traffic) == 4:
+            ref.traffic = traffic
+        if not isinstance(usage, dict):
+            return
+        try:
+            self.metrics.fold_usage(ref.provider, ref.route, ref.usage, usage)
+            spent = self.ledger.add(ref.token.key, ref.usage, usage) if ref.token else None
+        except (KeyError, TypeError):
+            self.log.warning("malformed session report", sid=ref.sid)
+            return
+        ref.usage = usage
+        if ref.token is not None and spent is not None:
+            limit = exhausted(ref.token.budget, spent)
+            if limit is not None:
+                victims = [r for r in self.live_sessions() if r.token and r.token.key == ref.token.key]
+                self.stop_sessions(victims, "budget_exhausted", limit=limit)
+
+    def budget_admission(self, token: TokenInfo) -> Rejection | None:
+        """429 naming the limit when the token may not open another session; with
+        `--on-session-limit replace-oldest` the oldest sessions make room instead."""
+        budget = token.budget
+        limit = exhausted(budget, self.ledger.spent(token.key))
+        if limit is None and budget.max_sessions is not None:
+            live = sorted(
+                (r for r in self.live_sessions() if r.token and r.token.key == token.key and not r.stopping),
+                key=lambda r: r.started,
+            )
+            excess = len(live) - budget.max_sessions + 1
+            if excess > 0:
+                if self.config.on_session_limit != "replace-oldest":
+                    limit = "max_sessions"
+                else:
+                    self.stop_sessions(live[:excess], "replaced")
+        if limit is None:
+            return None
+        return BudgetRejection(429, "budget", f"The client token's {limit} budget is used up", limit=limit)
+
+    def stop_sessions(self, refs: list[SessionRef], reason: str, **fields: Any) -> int:
+        """Tell each session's worker to end it with `reason` (once per session)."""
+        count = 0
+        for ref in refs:
+            if ref.stopping is not None:
+                continue
+            worker = self._worker_of(ref)
+            if worker is None or self._nursery is None:
+                continue
+            ref.stopping = reason
+            count += 1
+            self.metrics.budget_stops.labels(reason).inc()
+            self.log.info("stopping session", sid=ref.sid, reason=reason, token_label=ref.label, **fields)
+            self._nursery.start_soon(self._send_stop, worker, ref.sid, reason)
+        return count
+
+    def _worker_of(self, ref: SessionRef) -> Worker | None:
+        for pool in self.pools.values():
+            for worker in pool.workers():
+                if worker.sessions.get(ref.sid) is ref:
+                    return worker
+        return None
+
+    async def _send_stop(self, worker: Worker, sid: str, reason: str) -> None:
+        try:
+            await worker.channel.send({"t": "stop", "sid": sid, "reason": reason})
+        except ChannelClosed:
+            pass
+
+    async def sessions_api(self, head: Head, path: str, query: list[tuple[str, str]]) -> bytes:
+        """GET /v1/sessions, DELETE /v1/sessions/{id}, DELETE /v1/sessions?filter=..."""
+        if not self.config.admin_token:
+            return response(404, "Not Found", tls=self.tls)
+        if not self.admin_ok(head):
+            return self._unauthorized()
+        filters = parse_filters(query)
+        if isinstance(filters, str):
+            return self._bad(filters)
+        sid = path[len(SESSIONS_PATH) + 1 :] if path != SESSIONS_PATH else None
+        live = self.live_sessions()
+        if head.method == "GET" and sid is None:
+            listed = sorted((r for r in live if r.matches(filters)), key=lambda r: r.started)
+            return response(200, {"sessions": [r.describe() for r in listed]}, tls=self.tls)
+        if head.method != "DELETE":
+            return response(405, {"error": "method_not_allowed", "message": "use GET or DELETE"},
+                            headers=[("Allow", "GET, DELETE")], tls=self.tls)
+        if sid is not None:
+            matched = [r for r in live if r.sid == sid]
+            if not matched:
+                return response(404, {"error": "not_found", "message": "no live session with that id"}, tls=self.tls)
+        elif not filters:
+            return self._bad("name the sessions to end: a session id, or ?client_ip=, ?token_label=, ?provider=")
+        else:  # sessions already ending are not counted again
+            matched = [r for r in live if r.matches(filters) and r.stopping is None]
+        self.stop_sessions(matched, "terminated")
+        return response(200, {"ended": len(matched), "ids": [r.sid for r in matched]}, tls=self.tls)
 
     async def run(self, listeners: list[trio.SocketListener], task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for pool in self.pools.values():
                 nursery.start_soon(pool.run)
             serve_scope = trio.CancelScope()

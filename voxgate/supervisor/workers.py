@@ -20,6 +20,7 @@ import trio
 from voxgate.config import KEY_VARS, PROVIDERS, WORKER_CONFIG_ENV, Config
 from voxgate.control import Channel, ChannelClosed, make_pair
 from voxgate.logs import EventLog
+from voxgate.supervisor.sessions import SessionRef
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_CAP = 10.0
@@ -43,14 +44,6 @@ def worker_env(config: Config, provider: str, slot: int, generation: int) -> dic
     env["VOXGATE_WORKER_ID"] = f"{provider}-{slot}.{generation}"
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-@dataclass(slots=True)
-class SessionRef:
-    """What the supervisor remembers of a handed-off session."""
-
-    ip: str
-    route: str
 
 
 @dataclass(slots=True)
@@ -82,7 +75,9 @@ class Worker:
     def load(self) -> int:
         return len(self.sessions)
 
-    async def hand_off(self, header: dict[str, Any], payload: bytes, fd: int, ack_timeout: float) -> bool:
+    async def hand_off(
+        self, header: dict[str, Any], payload: bytes, fd: int, ack_timeout: float, ref: SessionRef | None = None,
+    ) -> bool:
         """Send a client socket to this worker and wait until it says it took it. False when
         it refused (draining) or died first: a socket still queued in a dead worker's
         channel is lost with it, so the caller keeps its own copy until this returns and
@@ -92,7 +87,10 @@ class Worker:
         report "end" before we run again; counting after would leak a session that then
         holds a slot of every cap for good."""
         sid = header["sid"]
-        self.sessions[sid] = SessionRef(header.get("peer", ""), header.get("route", ""))
+        if ref is None:
+            ref = SessionRef(header.get("peer", ""), header.get("route", ""), self.provider, sid)
+        ref.worker = self.worker_id
+        self.sessions[sid] = ref
         pending = self.pending[sid] = PendingHandOff()
         try:
             await self.channel.send(header, payload, fd)
@@ -263,10 +261,18 @@ class Slot:
                         await self._send_drain(worker)
             elif kind == "hb":
                 self.pool.on_heartbeat(self.pool.provider, msg.header.get("stats", {}))
+            elif kind == "sessions":
+                reports = msg.header.get("reports")
+                for sid, report in (reports if isinstance(reports, dict) else {}).items():
+                    ref = worker.sessions.get(sid)
+                    if ref is not None:
+                        self.pool.on_report(ref, report)
             elif kind in ("took", "refused"):
                 worker.settle(msg.header.get("sid", ""), kind == "took")
             elif kind == "end":
-                worker.sessions.pop(msg.header.get("sid", ""), None)
+                ref = worker.sessions.pop(msg.header.get("sid", ""), None)
+                if ref is not None and isinstance(msg.header.get("report"), dict):
+                    self.pool.on_report(ref, msg.header["report"])
 
     async def _watchdog(self, worker: Worker) -> None:
         timeout = self.pool.config.worker_timeout
@@ -364,6 +370,7 @@ class ProviderPool:
         *,
         on_restart: Callable[[str], None] = lambda provider: None,
         on_heartbeat: Callable[[str, dict], None] = lambda provider, stats: None,
+        on_report: Callable[[SessionRef, dict], None] = lambda ref, report: None,
     ) -> None:
         self.provider = provider
         self.config = config
@@ -371,6 +378,7 @@ class ProviderPool:
         self.slots = [Slot(self, i) for i in range(config.workers_per_provider)]
         self.on_restart = on_restart
         self.on_heartbeat = on_heartbeat
+        self.on_report = on_report
         self._changed = trio.Event()
 
     def changed(self) -> None:

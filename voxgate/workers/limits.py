@@ -23,6 +23,10 @@ LIMITS: dict[str, GatewayLimit] = {
         GatewayLimit("idle_timeout", 1000, 1000, "The gateway ended the session after its idle timeout."),
         GatewayLimit("session_max_duration", 1000, 1000, "The gateway ended the session at its maximum session duration."),
         GatewayLimit("shutting_down", 1001, 1001, "The gateway is shutting down."),
+        # operator actions and client budgets (issue 11): a policy violation for the client
+        GatewayLimit("terminated", 1008, 1000, "Session ended by the gateway operator."),
+        GatewayLimit("budget_exhausted", 1008, 1000, "The client's usage budget is exhausted."),
+        GatewayLimit("replaced", 1008, 1000, "Session replaced by a newer session of the same client."),
     )
 }
 GATEWAY_ERROR = GatewayLimit("gateway_error", 1011, 1000, "The gateway ended the session.")

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 import trio
 
 from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.frames import OP_TEXT, MaskKeys, build_frame
 from voxgate.workers.handshake import open_upstream
 from voxgate.workers.keyscrub import KeyScrubber
 from voxgate.workers.runtime import Session
 from voxgate.workers.splice import (
+    ClientObserver,
     SplicePolicy,
     SpliceStats,
     UpstreamObserver,
@@ -40,6 +42,9 @@ class UpstreamProfile:
     failure_payloads: Callable[[UpstreamConnectError], list[bytes]] = lambda err: []
     limit_payloads: Callable[[str], list[bytes]] = lambda code: []
     observer: UpstreamObserver | None = None
+    client_observer: ClientObserver | None = None
+    audio_rates: tuple[float | None, float | None] = (None, None)  # declared bytes/s up, down
+    first_frames: list[bytes] = field(default_factory=list)  # TEXT sent upstream before the client's
     keepalive: tuple[float, bytes] | None = None
     idle_timeout: float | None = None
     extra: dict = field(default_factory=dict)
@@ -122,9 +127,12 @@ async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
         on_upstream_failure=on_failure,
         on_limit=profile.limit_payloads,
         upstream_observer=profile.observer,
+        client_observer=profile.client_observer,
+        stop_reason=lambda: session.stop_reason,
         scrubber=KeyScrubber.for_secret(profile.secret),
     )
     stats = SpliceStats()
+    session.usage.meter(lambda: stats.binary_up, lambda: stats.binary_down, *profile.audio_rates)
     session.traffic = lambda: (stats.frames_up, stats.frames_down, stats.bytes_up, stats.bytes_down)
     session.connect_latency = lambda: stats.upstream_connect_seconds
     early = EarlyConnect(profile, session.log)
@@ -138,7 +146,11 @@ async def run_passthrough(session: Session, profile: UpstreamProfile) -> None:
             return
         session.log.info("session accepted", route=session.route, peer=session.peer)
         try:
-            await run_splice(session.stream, session.handshake.leftover, early.result, policy, stats, session.shutdown)
+            leftover = session.handshake.leftover
+            if profile.first_frames:  # as if the client had sent them first (policy pins)
+                keys = MaskKeys()
+                leftover = b"".join(build_frame(OP_TEXT, p, keys=keys) for p in profile.first_frames) + leftover
+            await run_splice(session.stream, leftover, early.result, policy, stats, session.shutdown)
         finally:
             record(session, stats)
             nursery.cancel_scope.cancel()

@@ -22,9 +22,11 @@ from voxgate import logs
 from voxgate.config import Config
 from voxgate.control import Channel, ChannelClosed
 from voxgate.workers.handshake import ClientHandshake
+from voxgate.workers.usage import TOKEN_KINDS, Usage
 
 CONTROL_FD_ENV = "VOXGATE_CONTROL_FD"
 CLOSE_AFTER_SHUTDOWN = 3.0
+REPORTS_PER_MESSAGE = 200  # session reports per control message (bounded datagram size)
 
 
 @dataclass
@@ -76,8 +78,32 @@ class Session:
     # shows in /metrics while the session runs, not only when it ends
     traffic: Callable[[], tuple[int, int, int, int]] | None = None
     connect_latency: Callable[[], float | None] | None = None
+    usage: Usage = field(default_factory=Usage)
+    token_label: str | None = None  # the client token's label (never the token)
+    stop_reason: str = "shutting_down"  # why `shutdown` was set: a gateway limit code
     _reported: tuple[int, int, int, int] = (0, 0, 0, 0)
     _latency_reported: bool = False
+    _last_report: dict[str, Any] | None = None
+
+    def stop(self, reason: str) -> None:
+        """End the session from outside (drain, operator kill, budget): the handler sends the
+        client what `reason` calls for and closes both legs."""
+        if not self.shutdown.is_set():
+            self.stop_reason = reason
+            self.shutdown.set()
+
+    def report(self) -> dict[str, Any]:
+        """Traffic and usage so far, for the supervisor's session registry."""
+        traffic = self.traffic() if self.traffic is not None else (0, 0, 0, 0)
+        return {"traffic": list(traffic), "usage": self.usage.snapshot()}
+
+    def changed_report(self) -> dict[str, Any] | None:
+        """`report()` when it differs from the last one sent, else None."""
+        now = self.report()
+        if now == self._last_report:
+            return None
+        self._last_report = now
+        return now
 
     def fold_traffic(self) -> None:
         """Add the traffic since the last fold (and the connect latency, once) to the counters."""
@@ -140,6 +166,10 @@ class Worker:
                         await channel.send({"t": "took", "sid": sid})
                     elif kind == "drain":
                         nursery.start_soon(self.drain, float(msg.header.get("grace", self.config.grace)))
+                    elif kind == "stop":
+                        session = self.sessions.get(str(msg.header.get("sid", "")))
+                        if session is not None:
+                            session.stop(str(msg.header.get("reason", "terminated")))
             except ChannelClosed:
                 # The supervisor is gone: nothing may outlive it.
                 self.log.warning("supervisor gone, exiting")
@@ -160,12 +190,19 @@ class Worker:
                 # and trio spawns from short-lived helper threads.)
                 self.log.warning("supervisor gone, exiting")
                 os._exit(0)
-            for session in self.sessions.values():
+            reports = {}
+            for sid, session in self.sessions.items():
                 session.fold_traffic()
+                report = session.changed_report()
+                if report is not None:
+                    reports[sid] = report
             try:
                 await channel.send(
                     {"t": "hb", "active": len(self.sessions), "stats": self.counters.take()}
                 )
+                items = list(reports.items())
+                for i in range(0, len(items), REPORTS_PER_MESSAGE):
+                    await channel.send({"t": "sessions", "reports": dict(items[i : i + REPORTS_PER_MESSAGE])})
             except ChannelClosed:
                 return
 
@@ -179,7 +216,7 @@ class Worker:
             while self.sessions:
                 await self._idle.wait()
         for session in list(self.sessions.values()):
-            session.shutdown.set()
+            session.stop("shutting_down")
         with trio.move_on_after(CLOSE_AFTER_SHUTDOWN):
             while self.sessions:
                 await self._idle.wait()
@@ -207,13 +244,18 @@ class Worker:
         session = Session(
             sid=sid, route=route, peer=str(header.get("peer", "")), trace=str(header.get("trace", sid)),
             stream=stream, handshake=handshake, config=self.config, log=log, counters=self.counters,
-            preread=pre, tls=bool(header.get("tls", False)),
+            preread=pre, tls=bool(header.get("tls", False)), token_label=header.get("label"),
         )
         self.sessions[sid] = session
         self.counters.sessions_total[route] += 1
         started = trio.current_time()
         try:
-            await handler(session)
+            async with trio.open_nursery() as timers:
+                deadline = header.get("max_seconds")
+                if isinstance(deadline, int | float) and deadline > 0:
+                    timers.start_soon(_stop_after, session, float(deadline), "budget_exhausted")
+                await handler(session)
+                timers.cancel_scope.cancel()
         except Exception as exc:  # noqa: BLE001 - one session must never take the worker down
             log.error("session failed", route=route, error=exc.__class__.__name__)
         finally:
@@ -224,14 +266,41 @@ class Worker:
                 self._idle.set()
                 self._idle = trio.Event()
                 session.summary["duration"] = round(trio.current_time() - started, 3)
-                log.info("session closed", route=route, **session.summary, suppressed=log.suppressed() or None)
-                await self._ended(channel, sid, route, session.summary)
+                report = session.report()
+                log.info("session closed", route=route, **session.summary, **usage_fields(report["usage"]),
+                         suppressed=log.suppressed() or None)
+                await self._ended(channel, sid, route, report)
 
-    async def _ended(self, channel: Channel, sid: str, route: str, summary: dict[str, Any]) -> None:
+    async def _ended(self, channel: Channel, sid: str, route: str, report: dict[str, Any]) -> None:
         try:
-            await channel.send({"t": "end", "sid": sid, "route": route})
+            await channel.send({"t": "end", "sid": sid, "route": route, "report": report})
         except ChannelClosed:
             pass
+
+
+async def _stop_after(session: Session, seconds: float, reason: str) -> None:
+    await trio.sleep(seconds)
+    session.log.info("session budget reached", limit="max_session_seconds")
+    session.stop(reason)
+
+
+def usage_fields(usage: dict[str, Any]) -> dict[str, Any]:
+    """The usage of a finished session as `session closed` fields (only what it used)."""
+    out: dict[str, Any] = {}
+    for direction in ("up", "down"):
+        seconds = usage["audio_seconds"][direction]
+        if seconds is not None:
+            out[f"audio_{direction}_s"] = seconds
+        if usage["audio_bytes"][direction]:
+            out[f"audio_{direction}_bytes"] = usage["audio_bytes"][direction]
+    tokens = usage["tokens"]
+    if any(tokens.values()):
+        out["tokens_in"] = tokens["input"]
+        out["tokens_out"] = tokens["output"]
+        out.update({f"tokens_{kind}": tokens[kind] for kind in TOKEN_KINDS if tokens[kind]})
+    if usage["characters"]:
+        out["characters"] = usage["characters"]
+    return out
 
 
 GC_THRESHOLDS = (20_000, 50, 100)

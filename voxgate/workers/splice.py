@@ -67,7 +67,7 @@ from voxgate.workers.frames import (
 from voxgate.workers.keyscrub import PIECE, KeyScrubber, generic_close_reason
 from voxgate.workers.limits import LIMITS
 
-__all__ = ["SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
+__all__ = ["ClientObserver", "SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
 CLOSE_TIMEOUT = 2.0  # how long the closing handshake may take before TCP is closed anyway
 MAX_OBSERVED_TEXT = 1 << 20  # larger upstream text messages are forwarded but not observed
@@ -88,6 +88,18 @@ class UpstreamObserver(Protocol):
         ...
 
 
+class ClientObserver(Protocol):
+    """Sees every complete client TEXT message (binary frames never) and may answer the
+    client. An observer that `rewrites` may also replace messages: a fragmented message is
+    then joined into one frame; otherwise fragments stay fragments."""
+
+    rewrites: bool
+
+    def observe_client_text(self, payload: bytes) -> tuple[bytes | None, list[bytes]]:
+        """(replacement payload, or None to forward it unchanged; TEXT payloads for the client)."""
+        ...
+
+
 @dataclass
 class SplicePolicy:
     connect_timeout: float = 10.0
@@ -101,6 +113,9 @@ class SplicePolicy:
     ) = None
     on_limit: Callable[[str], list[bytes]] | None = None
     upstream_observer: UpstreamObserver | None = None
+    client_observer: ClientObserver | None = None
+    # why `shutdown` was set (a limits.LIMITS code); default "shutting_down"
+    stop_reason: Callable[[], str] | None = None
     # Masks the provider key in upstream text payloads and close reasons (keyscrub.py).
     scrubber: KeyScrubber | None = None
 
@@ -111,6 +126,8 @@ class SpliceStats:
     bytes_up: int = 0
     frames_down: int = 0
     bytes_down: int = 0
+    binary_up: int = 0  # payload bytes of binary messages (audio), for usage metering
+    binary_down: int = 0
     upstream_connect_seconds: float | None = None
     client_close_code: int | None = None
     upstream_close_code: int | None = None
@@ -193,6 +210,9 @@ class _Splice:
         self.shutdown = shutdown
         self.keys = MaskKeys()
         self.observer = policy.upstream_observer
+        self.c_observer = policy.client_observer
+        self.c_obs: bytearray | None = None  # a fragmented client text message being joined
+        self.client_inject: list[bytes] = []  # client observer's answers, sent after each read
         self.closing = trio.Event()
         self.all_done = trio.Event()
         self.nursery: trio.Nursery
@@ -518,6 +538,8 @@ class _Splice:
             self._control(c, down)
         if up:
             self._send_up(up)
+        if self.client_inject:
+            self._inject_client()
         if action is not None:
             self._client_action(action)
             self._flow()
@@ -547,11 +569,15 @@ class _Splice:
             # The usual realtime read: exactly one whole unfragmented message.
             b0, ln, size, cmask = fast
             if self.c_msg_op is None and ln <= self.policy.max_message_bytes:
-                key = self.keys.next32()
                 stats = self.stats
                 stats.frames_up += 1
                 stats.bytes_up += ln
                 self.c_saw_data = True
+                if b0 == 0x82:
+                    stats.binary_up += ln
+                elif self.c_observer is not None:
+                    return end, self._observed_text(xor_mask_at(work, size, end, cmask)), None, None
+                key = self.keys.next32()
                 return end, build_masked_header(b0, ln, key) + xor_mask_at(work, size, end, cmask ^ key), None, None
         pos = 0
         up: bytes | bytearray = b""  # bytes for one frame (the usual case), bytearray for more
@@ -591,6 +617,7 @@ class _Splice:
                     return pos, up, down, ("limit", "message_too_large")
                 if fend > end:
                     break
+                msg_op = op if op != OP_CONT else self.c_msg_op
                 if b0 & 0x80:
                     self.c_msg_op = None
                     self.c_msg_size = 0
@@ -598,13 +625,36 @@ class _Splice:
                     if op != OP_CONT:
                         self.c_msg_op = op
                     self.c_msg_size = total
-                # Re-mask with a fresh gateway key in one pass: the payload is masked with
-                # the client's key, so XOR with (client key ^ gateway key).
-                key = keys.next32()
-                frame = build_masked_header(b0, ln, key)
-                if ln:
-                    frame += xor_mask_at(work, start, fend, cmask ^ key)
-                if not up:
+                if msg_op == OP_BINARY:
+                    stats.binary_up += ln
+                observer = self.c_observer
+                if msg_op == OP_TEXT and observer is not None and (observer.rewrites or self.c_obs is None and b0 & 0x80):
+                    part = xor_mask_at(work, start, fend, cmask) if ln else b""
+                    if b0 & 0x80:
+                        whole = part if self.c_obs is None else bytes(self.c_obs + part)
+                        self.c_obs = None
+                        frame = self._observed_text(whole)
+                    else:  # joined, forwarded whole at its last fragment
+                        self.c_obs = (self.c_obs or bytearray()) + part
+                        frame = b""
+                else:
+                    if msg_op == OP_TEXT and observer is not None:  # fragments of a watched message
+                        part = xor_mask_at(work, start, fend, cmask) if ln else b""
+                        if b0 & 0x80:
+                            whole = part if self.c_obs is None else bytes(self.c_obs + part)
+                            self.c_obs = None
+                            self.client_inject.extend(observer.observe_client_text(whole)[1])
+                        else:
+                            self.c_obs = (self.c_obs or bytearray()) + part
+                    # Re-mask with a fresh gateway key in one pass: the payload is masked with
+                    # the client's key, so XOR with (client key ^ gateway key).
+                    key = keys.next32()
+                    frame = build_masked_header(b0, ln, key)
+                    if ln:
+                        frame += xor_mask_at(work, start, fend, cmask ^ key)
+                if not frame:
+                    pass
+                elif not up:
                     up = frame
                 else:
                     if type(up) is bytes:
@@ -636,6 +686,25 @@ class _Splice:
                 return pos, up, down, ("close", code, reason)
             # OP_PONG: dropped (P16)
         return pos, up, down, None
+
+    def _observed_text(self, payload: bytes) -> bytes:
+        """A complete client text message through the client observer: the masked frame to
+        forward (its replacement, when the observer gives one)."""
+        assert self.c_observer is not None
+        replacement, answers = self.c_observer.observe_client_text(payload)
+        if answers:
+            self.client_inject.extend(answers)
+        return build_frame(OP_TEXT, payload if replacement is None else replacement, keys=self.keys)
+
+    def _inject_client(self) -> None:
+        """Send the client observer's answers at a message boundary of the client wire (in
+        the rare case that the wire is inside an upstream message, they are dropped)."""
+        frames = b"".join(build_frame(OP_TEXT, p) for p in self.client_inject)
+        self.client_inject.clear()
+        c = self.c
+        if c.out_closed or self.down_wire_mid_msg or self.d_rem or c.conn is None:
+            return
+        c.conn.write(frames)
 
 
     def _send_up(self, data: bytes | bytearray) -> None:
@@ -756,6 +825,8 @@ class _Splice:
                     stats = self.stats
                     stats.frames_down += 1
                     stats.bytes_down += fast[1]
+                    if fast[0] == 0x82:
+                        stats.binary_down += fast[1]
                     return [data], None, None
         mv = memoryview(data)
         n = len(data)
@@ -841,8 +912,10 @@ class _Splice:
                 self.d_scrub_ctx = b""
                 if op == OP_TEXT and observer is not None and observer.wants_text:
                     obs = self.d_obs = bytearray()
-            if self.d_msg_op == OP_BINARY and observer is not None:
-                observer.observe_binary()
+            if self.d_msg_op == OP_BINARY:
+                stats.binary_down += ln
+                if observer is not None:
+                    observer.observe_binary()
             stats.frames_down += 1
             stats.bytes_down += ln
             if run < 0:
@@ -915,7 +988,8 @@ class _Splice:
     async def _watch_shutdown(self) -> None:
         assert self.shutdown is not None
         await self.shutdown.wait()
-        self._limit("shutting_down")
+        reason = self.policy.stop_reason() if self.policy.stop_reason else "shutting_down"
+        self._limit(reason if reason in LIMITS else "shutting_down")
 
     async def _timers(self) -> None:
         """Idle timeout, session cap and the client keepalive, from one sleeping task; the

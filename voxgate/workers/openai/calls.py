@@ -32,6 +32,7 @@ import h11
 import orjson
 import trio
 
+from voxgate.policy import apply_policy, rules_for
 from voxgate.supervisor.http import response
 from voxgate.workers.keyscrub import KeyScrubber
 from voxgate.workers.openai import realtime
@@ -294,6 +295,12 @@ async def set_up_call(session: Session, request: HttpRequest) -> tuple[int, byte
     offer = parse_offer(request.header("content-type"), request.body)
     base, model = realtime.base_and_model(config)
     upstream_session = session_config(offer.session, request.query, model)
+    rules = rules_for(config.session_policy, session.route, session.token_label)
+    if rules:
+        # The browser cannot be told afterwards (no socket): pinned fields are just applied.
+        changed = apply_policy(upstream_session, rules)
+        if changed:
+            session.log.info("session policy applied", fields=",".join(changed))
     ctype, form = build_form([
         ("sdp", "application/sdp", offer.sdp.encode()),
         ("session", "application/json", orjson.dumps(upstream_session)),

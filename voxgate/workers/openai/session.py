@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from voxgate.policy import rules_for
 from voxgate.workers.dataplane import HIGH_WATER, Conn, attach
 from voxgate.workers.deepgram.service import choose_subprotocol
 from voxgate.workers.errors import UpstreamConnectError
@@ -53,6 +54,7 @@ from voxgate.workers.openai.translator import (
     dialect_for_path,
 )
 from voxgate.workers.runtime import Session
+from voxgate.workers.usage import bytes_per_second
 
 UPSTREAM_MAX_MESSAGE = 32 << 20
 CLOSE_WAIT = 2.0
@@ -90,6 +92,7 @@ class TranslatorSession:
             strict=config.translator_strict,
             json_passthrough=config.translator_json_passthrough,
             max_pending_bytes=config.max_message_bytes * 4,
+            policy=rules_for(config.session_policy, session.route, session.token_label),
             dialect=dialect_for_path(session.handshake.request.path),
         )
         self.max_pending = config.max_message_bytes * 4
@@ -105,6 +108,31 @@ class TranslatorSession:
         self.all_done = trio.Event()
         self.stats = {"frames_up": 0, "frames_down": 0, "bytes_up": 0, "bytes_down": 0}
         self.nursery: trio.Nursery
+        # usage: client audio in, audio to the client, tokens from every response.done
+        self.audio_in = 0
+        self.audio_out = 0
+        self._rates_declared = False
+        usage = session.usage
+        usage.meter(lambda: self.audio_in, lambda: self.audio_out, *self._rates())
+        self.core.on_usage = usage.add_response_usage
+
+    def _rates(self) -> tuple[float | None, float | None]:
+        """Bytes per second of the formats the core uses with the client now."""
+        core = self.core
+        fin, fout = core._input_format, core._output_format  # noqa: SLF001 - read-only
+        return bytes_per_second(fin.encoding, fin.sample_rate), bytes_per_second(fout.encoding, fout.sample_rate)
+
+    def _sync_rates(self) -> None:
+        """After a client text message (a Settings may have declared the formats)."""
+        usage = self.session.usage
+        up, down = self._rates()
+        assert usage.audio_up is not None and usage.audio_down is not None
+        # the one Settings the core honours declares the formats of all audio, also audio
+        # the client sent before it was processed
+        first = not self._rates_declared
+        self._rates_declared = self.core._forwarded  # noqa: SLF001 - read-only
+        usage.audio_up.set_rate(up, retroactive=first)
+        usage.audio_down.set_rate(down, retroactive=first)
 
     # -- running the core ---------------------------------------------------------------
 
@@ -130,6 +158,7 @@ class TranslatorSession:
                 else:
                     payload = data
                     c.conn.write(build_frame(OP_BINARY, payload))
+                    self.audio_out += len(data)
                 stats = self.stats
                 stats["frames_down"] += 1
                 stats["bytes_down"] += len(data)
@@ -283,7 +312,7 @@ class TranslatorSession:
             wake = min((d for d, _ in deadlines()), default=trio.current_time() + 3600)
             with trio.move_on_at(wake):
                 await self.session.shutdown.wait()
-                code = "shutting_down"
+                code = self.session.stop_reason
             if code is None:
                 now = trio.current_time()
                 code = next((c for d, c in deadlines() if d <= now), None)
@@ -387,6 +416,7 @@ class TranslatorSession:
         conn.on_drained = self._on_drained
         conn.on_fault = functools.partial(self._fault, up)
         self.feed(self.core.upstream_open)
+        self._sync_rates()  # a Settings queued until now was processed
         if leftover and not up.in_closed:
             try:
                 self._on_up_data(leftover)
@@ -406,8 +436,12 @@ class TranslatorSession:
         self.last_client_activity = trio.current_time()
         for event in events:
             op = event[0]
-            if op == OP_TEXT or op == OP_BINARY:
+            if op == OP_BINARY:
+                self.audio_in += len(event[1])
                 feed(core.client_message, event[1])
+            elif op == OP_TEXT:
+                feed(core.client_message, event[1])
+                self._sync_rates()
             elif op == OP_PING:
                 if not c.out_closed:
                     c.conn.write(build_frame(OP_PONG, event[1]))  # type: ignore[union-attr]

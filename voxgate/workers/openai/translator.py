@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from voxgate.policy import apply_policy, pinned_message
 from voxgate.workers.closecodes import map_close_code, safe_reason
 from voxgate.workers.limits import limit_for
 from voxgate.workers.openai.audio import OPENAI_RATE, StreamResampler, silence
@@ -357,6 +358,7 @@ class Translator:
         json_passthrough: bool = False,
         deferred_create_timeout: float = 20.0,
         max_pending_bytes: int = 4 * 1024 * 1024,
+        policy: dict[str, Any] | None = None,
         dialect: str = DIALECT_REFERENCE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -370,6 +372,8 @@ class Translator:
         self._dg = dialect == DIALECT_DEEPGRAM
         self._clock = clock  # latency measurements only; ordering never depends on it
         self.internal_errors = 0  # bugs caught by the guard; tests assert it stays 0
+        self.on_usage: Callable[[Any], None] | None = None  # each response.done's `usage`
+        self.policy = policy  # server-owned session policy rules (voxgate.policy)
 
         self._out: list[Action] = []
         self._welcome_sent = False
@@ -759,6 +763,10 @@ class Translator:
         self._send_session_update(plan.session, "settings")
 
     def _send_session_update(self, session: dict[str, Any], kind: str) -> None:
+        if self.policy:
+            for name in apply_policy(session, self.policy):
+                self._to_client(_dumps({"type": "Warning", "description": pinned_message(name), "code": "policy_pinned"}))
+                self._log("info", "pinned field replaced", field=name)
         event_id = self._next_event_id("su")
         self._update_kinds.append((event_id, kind))
         self._to_upstream(
@@ -1413,6 +1421,8 @@ class Translator:
 
     def _up_response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response") if isinstance(event.get("response"), dict) else {}
+        if self.on_usage is not None:
+            self.on_usage(response.get("usage"))
         st = self._lookup(response.get("id"))
         output_text, item_ids = assistant_text_from_response(response)
         text = "".join(st.text_parts)
