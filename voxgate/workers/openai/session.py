@@ -26,7 +26,6 @@ import trio
 
 from voxgate.policy import rules_for
 from voxgate.workers.dataplane import HIGH_WATER, Conn, attach
-from voxgate.workers.deepgram.service import choose_subprotocol
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.frames import (
     OP_BINARY,
@@ -53,6 +52,7 @@ from voxgate.workers.openai.translator import (
     Translator,
     dialect_for_path,
 )
+from voxgate.workers.passthrough import echo_subprotocol
 from voxgate.workers.runtime import Session
 from voxgate.workers.usage import bytes_per_second
 
@@ -332,7 +332,7 @@ class TranslatorSession:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
-                    await session.handshake.accept(stream, choose_subprotocol(session.handshake.request.subprotocols))
+                    await session.handshake.accept(stream, echo_subprotocol(session.handshake.request.subprotocols))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     session.summary["end"] = "client gone before accept"
                     nursery.cancel_scope.cancel()
