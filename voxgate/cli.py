@@ -135,6 +135,15 @@ GATEWAY_OPTIONS: list[Callable] = [
                  help="Concurrent sessions per client IP (over it: 429)."),
     click.option("--max-new-sessions-per-ip-per-minute", envvar="VOXGATE_MAX_NEW_SESSIONS_PER_IP_PER_MINUTE",
                  type=click.IntRange(1), default=None, help="New sessions per client IP per minute (token bucket; 429)."),
+    click.option("--redis-url", envvar="VOXGATE_REDIS_URL", default=None,
+                 help="Redis shared by every instance: limits, budgets, sessions, revocations (unset: in-process)."),
+    click.option("--redis-failure", envvar="VOXGATE_REDIS_FAILURE", type=click.Choice(["open", "closed"]),
+                 default="open", show_default=True,
+                 help="Redis unreachable: admit with per-instance limits (open) or answer 503 (closed)."),
+    click.option("--redis-lease", envvar="VOXGATE_REDIS_LEASE", type=click.FloatRange(1, 600), default=15.0,
+                 show_default=True, help="Seconds a crashed instance's sessions keep their shared slots."),
+    click.option("--instance-id", envvar="VOXGATE_INSTANCE_ID", default=None,
+                 help="This instance's name in the shared session list (default: host name and PID)."),
     click.option("--trust-proxy-headers/--no-trust-proxy-headers", envvar="VOXGATE_TRUST_PROXY_HEADERS",
                  default=False, show_default=True,
                  help="Take the client IP from the last X-Forwarded-For hop (only behind your own proxy)."),
@@ -226,10 +235,33 @@ def build_config(opts: dict[str, Any]) -> Config:
         token_max_audio_seconds=opts["token_max_audio_seconds"],
         token_max_tokens=opts["token_max_tokens"],
         on_session_limit=opts["on_session_limit"],
+        redis_url=check_redis_url(opts["redis_url"]),
+        redis_failure=opts["redis_failure"],
+        redis_lease=opts["redis_lease"],
+        instance_id=check_instance_id(opts["instance_id"]),
         session_policy=load_policy(opts["session_policy"]) if opts["session_policy"] else None,
         log_level=opts["log_level"].lower(),
         log_format=resolve_log_format(opts["log_format"]),
     )
+
+
+def check_redis_url(url: str | None) -> str | None:
+    """A redis:// (or rediss://, unix://) URL, or None for in-process state."""
+    url = (url or "").strip()
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("--redis-url must start with redis://, rediss:// or unix://")
+    return url
+
+
+def check_instance_id(value: str | None) -> str:
+    import socket
+
+    value = (value or "").strip() or f"{socket.gethostname()}-{os.getpid()}"
+    if len(value) > 128 or not all(c.isalnum() or c in "._-" for c in value):
+        raise ConfigError("--instance-id must be 1-128 letters, digits or ._-")
+    return value
 
 
 def check_tls(cert: str | None, key: str | None) -> None:
@@ -395,6 +427,10 @@ def describe(config: Config) -> list[str]:
         f"({config.on_session_limit}), session {_off(config.token_max_session_seconds)}, "
         f"audio {_off(config.token_max_audio_seconds)}, tokens {config.token_max_tokens or 'unlimited'}; "
         f"session policy {'on for ' + ', '.join(config.session_policy['paths']) if config.session_policy else 'off'}",
+        "shared state " + (
+            f"on Redis as instance {config.instance_id} (lease {config.redis_lease:g}s, "
+            f"redis failure {config.redis_failure})" if config.redis_url else "in-process (no --redis-url)"
+        ),
     ]
     return [*startup_notes(config), *lines]
 
