@@ -180,7 +180,8 @@ async def test_replace_oldest_and_kill_reach_another_instance(cluster_factory):
     await echo_round(new, b"\x02" * 320)
 
     # a kill sent to instance a ends a session living on instance c
-    on_c = await cluster.connect()
+    _, other = await admin(cluster.gateways["a"], "POST", "/v1/tokens", body=json.dumps({"label": "ops"}).encode())
+    on_c = await cluster.connect(headers=[("Authorization", f"Bearer {other['token']}")])
     assert on_c.status == 101
     sessions = await cluster.wait_listing(lambda s: any(x["instance"] == "c" for x in s))
     target = next(x for x in sessions if x["instance"] == "c")
