@@ -299,3 +299,63 @@ async def test_usage_totals_equal_what_the_upstreams_saw(cluster_factory):
             await trio.sleep(0.2)
     assert body["audio_seconds"]["up"] == pytest.approx(seen_audio, abs=1e-6)
     assert body["tokens"] == seen_tokens
+
+
+# -- the same interface without Redis: one instance, everything in-process --------------------
+
+
+@pytest.fixture
+async def echo(nursery):
+    up = EchoUpstream()
+    up.port = await nursery.start(up.serve)
+    return up
+
+
+async def test_revocation_and_usage_work_in_process(gateway_factory, echo):
+    gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_TOKEN_SECRET=SECRET))
+    assert gw.ready()["store"] == {"backend": "local"}
+    _, minted = await admin(gw, "POST", "/v1/tokens", body=json.dumps({"label": "tab"}).encode())
+    auth = [("Authorization", f"Bearer {minted['token']}")]
+    client = await RawClient.connect(gw.port, LISTEN, headers=auth)
+    assert client.status == 101
+    await echo_round(client, b"\x00" * 16000)
+    assert (await admin(gw, "DELETE", "/v1/tokens/" + minted["id"], token="wrong"))[0] == 401
+    assert (await admin(gw, "DELETE", "/v1/tokens/" + "x" * 80))[0] == 400
+    status, body = await admin(gw, "DELETE", "/v1/tokens/" + minted["id"])
+    assert status == 200 and body == {"revoked": minted["id"], "ended": 1}
+    messages, code = await read_until_close(client, timeout=3)
+    assert code == 1008
+    again = await RawClient.connect(gw.port, LISTEN, headers=auth)
+    assert again.status == 401
+    await again.aclose()
+    with trio.fail_after(5):
+        while (body := (await admin(gw, "GET", "/v1/usage"))[1])["audio_seconds"]["up"] < 0.5:
+            await trio.sleep(0.1)
+    assert body["scope"] == "instance" and body["audio_seconds"]["up"] == pytest.approx(0.5, abs=1e-6)
+    assert minted["token"] not in gw.output
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--redis-url", "http://cache:6379"), "--redis-url must start with"),
+    (("--redis-failure", "maybe"), "--redis-failure"),
+    (("--redis-lease", "0"), "--redis-lease"),
+    (("--instance-id", "a b"), "--instance-id"),
+])
+def test_bad_scale_out_flags_are_one_line_exit_2(flags, message):
+    from tests.support.gateway import base_env, run_cli
+
+    result = run_cli("check", *flags, env=base_env(OPENAI_API_KEY="sk-x" * 5))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_names_the_shared_state_never_the_redis_password():
+    from tests.support.gateway import base_env, run_cli
+
+    result = run_cli("check", "--redis-url", "redis://:Pw9xTq2Lm@cache:6379/0", "--instance-id", "pod-1",
+                     env=base_env(OPENAI_API_KEY="sk-x" * 5))
+    assert result.returncode == 0, result.stderr
+    assert "shared state on Redis as instance pod-1 (lease 15s, redis failure open)" in result.stdout
+    assert "Pw9xTq2Lm" not in result.stdout + result.stderr
+    plain = run_cli("check", env=base_env(OPENAI_API_KEY="sk-x" * 5))
+    assert "shared state in-process" in plain.stdout

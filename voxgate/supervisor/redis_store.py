@@ -299,7 +299,20 @@ class RedisStore(LocalStore):
                 "lease_s": self.lease_ms / 1000}
 
     async def run(self) -> None:
-        """Kill list every tick; leases and usage every few seconds; reconnect when down."""
+        """Kill list every tick; leases and usage every few seconds; reconnect when down.
+        On shutdown the last releases and usage are written (bounded, best effort)."""
+        try:
+            await self._loop()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                if self.up:
+                    try:
+                        await self._refresh(False)
+                        await self._flush()
+                    except redis.RedisError:
+                        pass
+
+    async def _loop(self) -> None:
         refresh_every = max(TICK, min(self.lease_ms / 3000, 5.0))
         last_refresh = last_flush = -math.inf
         backoff = TICK
