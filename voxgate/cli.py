@@ -612,8 +612,8 @@ def _register_subcommands() -> None:
 
     cli.add_command(demo)
     try:
-        from benchmarks.cli import bench
-    except ImportError:  # an installed wheel without the benchmarks package
+        from voxgate.bench.cli import bench
+    except ImportError:  # numpy-free or trimmed installs
         return
     cli.add_command(bench)
 

@@ -13,7 +13,10 @@ import trustme
 
 from tests.integration.test_supervisor import echo_env
 from tests.support.gateway import run_cli
+from tests.support.rawws import RawClient, frame, upgrade_request
 from tests.support.upstream import EchoUpstream
+
+OP_BINARY = 0x2
 
 
 @pytest.fixture
@@ -83,3 +86,35 @@ def test_tls_options_are_validated(tmp_path):
     assert result.returncode == 2 and "go together" in result.stderr
     result = run_cli("serve", "--tls-cert", str(tmp_path / "a.pem"), "--tls-key", str(tmp_path / "b.pem"), env=env)
     assert result.returncode == 2 and "cannot load" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+async def test_a_wss_client_that_never_reads_is_held_back(gateway_factory, echo, certs):
+    """The supervisor's TLS pump passes backpressure on: echoes the client never reads fill
+    the buffers, then the gateway stops reading the client; its memory stays bounded."""
+    cert, key, ctx = certs
+    gw = await gateway_factory("--tls-cert", cert, "--tls-key", key, env=echo_env(echo), wait_ready=False)
+    with trio.fail_after(15):
+        while not (await https_get(gw.port, "/readyz", ctx)).startswith(b"HTTP/1.1 200"):
+            await trio.sleep(0.1)
+    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", gw.port, ssl_context=ctx, https_compatible=True)
+    client = RawClient(stream)  # type: ignore[arg-type]
+    await stream.send_all(upgrade_request("/deepgram-proxy?model=x"))
+    with trio.fail_after(5):
+        await client.read_head()
+    assert client.status == 101
+    before = rss_mb(gw.proc.pid)
+    chunk = frame(OP_BINARY, b"\x01" * 65536)
+    sent = 0
+    with trio.move_on_after(2):
+        while sent < 200 << 20:
+            await client.send(chunk)
+            sent += len(chunk)
+    growth = rss_mb(gw.proc.pid) - before
+    assert sent < 16 << 20, sent  # kernel buffers and bounded queues only
+    assert growth < 32, growth
+    await trio.aclose_forcefully(stream)

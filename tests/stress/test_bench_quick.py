@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.wire import OP_BINARY, OP_TEXT, client_frame, parse_frame, server_frame, xor_mask
+from voxgate.bench.wire import OP_BINARY, OP_TEXT, client_frame, parse_frame, server_frame, xor_mask
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {"pingpong", "realtime100", "realtime200", "throughput", "translator", "idle", "setup"}
+SCENARIOS = {"pingpong", "realtime100", "realtime200", "throughput", "translator", "translator200", "idle", "setup",
+             "wss"}
 EASY = ("pingpong", "realtime100", "translator", "idle", "setup")
 BENCH_TIMEOUT = 240
 

@@ -36,6 +36,7 @@ from voxgate.supervisor.metrics import Metrics
 from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
 from voxgate.supervisor.sessions import SessionRef, Spent, entry_matches, exhausted, parse_filters
 from voxgate.supervisor.store import LocalStore, Ticket, token_id
+from voxgate.supervisor.tlspump import pump_tls
 from voxgate.supervisor.workers import ProviderPool, Worker
 
 HANDOFF_ATTEMPTS = 3
@@ -74,22 +75,6 @@ def _socket_pair() -> tuple[trio.SocketStream, socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
     return trio.SocketStream(trio.socket.from_stdlib_socket(ours)), theirs
-
-
-async def pump(outside: trio.abc.Stream, inside: trio.SocketStream) -> None:
-    """Move bytes both ways between the TLS client and the worker's socket-pair end."""
-
-    async def copy(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream, done: trio.CancelScope) -> None:
-        try:
-            while data := await src.receive_some(65536):
-                await dst.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        done.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(copy, outside, inside, nursery.cancel_scope)
-        nursery.start_soon(copy, inside, outside, nursery.cancel_scope)
 
 
 class Supervisor:
@@ -338,7 +323,8 @@ class Supervisor:
 
         Plain TCP: after a hand-off the worker owns the socket and our copy is closed.
         TLS: a TLS session cannot move between processes, so the worker gets one end of a
-        socket pair and this task pumps decrypted bytes until either side closes."""
+        socket pair and the data plane pumps decrypted bytes until either side closes
+        (tlspump.py)."""
         stream: trio.abc.Stream = tcp
         if self.ssl_context is not None:
             stream = trio.SSLStream(tcp, self.ssl_context, server_side=True, https_compatible=True)
@@ -346,7 +332,8 @@ class Supervisor:
         try:
             handed_off = await self._handle(stream, tcp.socket.getpeername()[0])
             if handed_off is not None and handed_off is not tcp:
-                await pump(stream, handed_off)
+                assert isinstance(stream, trio.SSLStream)
+                await pump_tls(stream, tcp, handed_off)
         except Exception as exc:  # noqa: BLE001 - the listener must survive anything
             self.log.error("connection handler failed", error=exc.__class__.__name__)
         finally:

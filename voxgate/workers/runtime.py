@@ -310,7 +310,7 @@ def tune_gc() -> None:
     """Keep the collector off the latency path: everything alive after start-up (modules,
     config) is frozen out of collections, and young collections run far less often. The
     defaults made a worker under load run a full collection every ~2 s that scanned ~70k
-    long-lived objects for 13-20 ms and freed nothing (benchmarks/PROFILE.md)."""
+    long-lived objects for 13-20 ms and freed nothing (voxgate/bench/PROFILE.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -1,56 +1,41 @@
 """Frame-splice relay engine for the passthrough paths (Deepgram agent/listen/speak, raw
-OpenAI Realtime relay); architecture.md §1 "Two relay engines".
+OpenAI Realtime relay); architecture.md §1 "A worker has two planes".
 
-Runs after both opening handshakes. It never decodes messages: it parses frame headers and
-moves payload bytes.
+Runs after both opening handshakes, on the worker's data plane (`dataplane.py`): the two
+legs are conns whose callbacks this class implements; every read is parsed and forwarded
+synchronously, inside the readiness loop, with no trio task wake-up per frame. trio keeps
+the control plane: the upstream connect, the timers (idle, max duration, keepalive), drain,
+and the session's lifetime. It never decodes messages: it parses frame headers and moves
+payload bytes.
 
 - upstream -> client: server frames are unmasked, so the bytes are forwarded as they are,
   streamed (a frame is forwarded while it arrives; never buffered whole) and several
-  complete frames read together go out in one send. Only control frames are cut out.
+  complete frames read together go out in one write. Only control frames are cut out.
 - client -> upstream: complete frames (bounded by `max_message_bytes`) are re-masked with a
   fresh gateway key in one XOR pass (client key XOR gateway key) and batched per read.
 - fragments stay fragments, opcodes stay opcodes; text payloads are NOT UTF-8 validated
   (the endpoints do that; validating would cost a decode per frame and change nothing).
 - frames the gateway injects (observer, limit errors, failure errors) go only at message
-  boundaries; control frames only at frame boundaries.
-- each leg has one send lock (trio forbids concurrent send_all). The upstream->client pump
-  keeps the client lock while a streamed frame is incomplete, so nothing can be written in
-  the middle of a frame. No task ever waits for a lock while holding the other one: pongs
-  and other control frames go through a small per-leg queue and helper task.
-- hot path, for plain-socket legs (TLS upstreams and other streams use receive_some and
-  send_all): after a short read the pump waits for readability, then reads once (trio's
-  receive_some would first try a recv that fails with EAGAIN, raises, then waits); a send
-  is first one non-blocking write, without a coroutine when the leg's lock is free (its
-  uncontended acquire is an attribute test); a read holding exactly one whole message
-  skips the parse loop. Per ping-pong round trip the worker makes 2 writes, 2 reads,
-  2 epoll_wait, 2 epoll_ctl (was the same plus 2 recv failing with EAGAIN).
+  boundaries; control frames and closes only at frame boundaries: while a streamed
+  upstream frame is incomplete on the client wire, pongs and our close wait for its end.
+- backpressure: a leg is not read while the other leg's output queue is over
+  `dataplane.HIGH_WATER` (or, before the upstream is open, while `max_pending_bytes` wait
+  for it); control answers to a peer that does not read are held up to MAX_QUEUED_CONTROL,
+  then that peer is not read either. Memory per session stays bounded.
 - after the session ends each leg gets our close, the peer's close is awaited for at most
   CLOSE_TIMEOUT, then TCP is closed; a leg whose byte stream can no longer be parsed
   (protocol error, oversized message, internal error) is half-closed and drained instead.
 
-Measured on the dev box (2-vCPU VM, Python 3.11, trio 0.35). timeit, per call: header
-fast path 0.27 µs (server frame) / 0.39 µs (client frame), general parse_header +
-header_error 1.36 µs; client frame checked, re-keyed and re-masked 1.7 µs (20 B), 2.8 µs
-(960 B), ~14 µs (64 KiB); a read of one 960 B server frame split 0.6 µs, of 16 such 11.5
-µs. XOR: big-int (key times 0x..0001_00000001) 0.3 µs (20 B) to 1.3 µs (448 B); numpy as
-uint32 words against a reused 0-d key array 1.0-1.4 µs (448 B..4 KiB), 5-6 µs (64 KiB);
-so numpy from 448 B. In a running relay the Python part of a frame costs 2-4x those
-numbers (caches are cold after each wakeup): ping-pong in one process over socketpairs
-(no cross-process wakeups), process CPU per frame: a bare trio relay (wait_readable +
-os.read + os.write) 28 µs, the splice 40 µs (was 70 before the paths above). `voxgate
-bench` on this box (generator and upstream share the 2 vCPUs; medians of 3 back-to-back
-runs): ping-pong 68 µs of worker CPU per frame (was 108), +0.14 ms p50 over direct (was
-0.21); 50 realtime sessions 59 µs per frame (was 94); throughput 4.8 µs per frame (was
-9.3); realtime 200 p99 67 ms (was 201), with both vCPUs saturated by generator, upstream
-and worker together.
+The parsers (`_client_frames`, `_upstream_frames`) keep the measured fast paths: a read
+holding exactly one whole unfragmented message skips the parse loop; header fast paths
+(0.27 / 0.39 µs per server / client header, against 1.36 µs for the general parser); XOR
+re-masking as big-int below 448 B and numpy words above (frames.py).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -58,6 +43,7 @@ from typing import Protocol
 import trio
 
 from voxgate.workers.closecodes import map_close_code, safe_reason
+from voxgate.workers.dataplane import HIGH_WATER, Conn, attach
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.frames import (
     OP_BINARY,
@@ -84,15 +70,10 @@ from voxgate.workers.limits import LIMITS
 __all__ = ["ClientObserver", "SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
 CLOSE_TIMEOUT = 2.0  # how long the closing handshake may take before TCP is closed anyway
-RECV_SIZE = 65536
 MAX_OBSERVED_TEXT = 1 << 20  # larger upstream text messages are forwarded but not observed
-MAX_QUEUED_CONTROL = 64 * 1024  # control bytes queued for a busy leg before its pump waits
+MAX_QUEUED_CONTROL = 64 * 1024  # control answers held for a peer that does not read
 
-
-
-_Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
 _WHOLE_MESSAGE_B0 = frozenset((0x80 | OP_TEXT, 0x80 | OP_BINARY))  # FIN + TEXT / BINARY
-_wait_readable = trio.lowlevel.wait_readable
 
 
 class UpstreamObserver(Protocol):
@@ -176,122 +157,36 @@ async def run_splice(
         if not stats.end_reason:
             stats.end_reason = "error"
     finally:
-        session.c.fd = session.up.fd = -1
         with trio.CancelScope(shield=True):
-            for stream in (client, session.up.stream):
+            for leg in (session.c, session.up):
+                if leg.conn is not None:
+                    await leg.conn.aclose()
+            for stream in (client, session.up_stream):
                 if stream is not None:
                     await trio.aclose_forcefully(stream)
-
-
-class _SendLock:
-    """Send lock of one leg (trio forbids concurrent send_all). Uncontended, acquiring is one
-    attribute test and does not yield: the send that follows is a checkpoint anyway, and the
-    hot paths test `held` inline. Contended, waiters queue in FIFO order and `release` hands
-    the lock straight to the first of them, as trio.Lock does."""
-
-    __slots__ = ("held", "_waiters")
-
-    def __init__(self) -> None:
-        self.held = False
-        self._waiters: deque[trio.lowlevel.Task] = deque()
-
-    async def acquire(self) -> None:
-        if not self.held:
-            self.held = True
-            return
-        task = trio.lowlevel.current_task()
-        self._waiters.append(task)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiters.remove(task)  # cancelled while waiting: the lock was never ours
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)  # woken by release(), lock ours
-
-    def release(self) -> None:
-        if self._waiters:  # hand over: `held` stays True for the first waiter
-            trio.lowlevel.reschedule(self._waiters.popleft())
-        else:
-            self.held = False
-
-    def locked(self) -> bool:
-        return self.held
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
 
 
 @dataclass(eq=False)
 class _Leg:
     name: str
-    stream: trio.abc.Stream | None = None
-    lock: _SendLock = field(default_factory=_SendLock)
+    conn: Conn | None = None
     out_closed: bool = False  # we sent our close (or can send nothing more)
     in_closed: bool = False  # nothing more to read (peer's close, EOF, or given up)
     broken: bool = False  # a frame was cut mid-way: only a TCP close is possible
-    finished: trio.Event = field(default_factory=trio.Event)
-    ctrl: list[bytes] = field(default_factory=list)  # control frames waiting for the lock
+    draining: bool = False  # its byte stream cannot be parsed: read and discard until EOF
+    released: bool = False  # its TCP close was started
+    ctrl: list[bytes] = field(default_factory=list)  # control answers held (see _control)
     ctrl_bytes: int = 0
-    ctrl_task: bool = False
-    # Socket fd when the stream is a plain trio.SocketStream (fast send and receive paths);
-    # set to -1 before the stream is closed, so a stale number is never used.
-    fd: int = -1
-
-    def attach(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
-
-    def try_send(self, data: bytes | bytearray | memoryview) -> int:
-        """One non-blocking write on a plain socket: the bytes the kernel took (0 when the
-        stream is not a plain socket or its buffer is full). No scheduler pass. The caller
-        holds `lock`."""
-        fd = self.fd
-        if fd < 0:
-            return 0
-        try:
-            return os.write(fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            raise trio.BrokenResourceError("send failed") from exc
-
-    async def send(self, data: bytes | bytearray | memoryview, sent: int = -1) -> None:
-        """send_all, but for a plain socket first one non-blocking write (unless the caller
-        did it already: `sent` is what it wrote). The caller holds `lock`; the pumps'
-        receives remain the checkpoints when the kernel takes everything."""
-        if sent < 0:
-            sent = self.try_send(data)
-        if sent == len(data):
-            return
-        await self.stream.send_all(memoryview(data)[sent:] if sent else data)  # type: ignore[union-attr]
-
-    def read_ready(self, fd: int) -> bytes | None:
-        """One non-blocking read after `wait_readable(fd)` said the socket is readable: b""
-        at EOF, None when there was nothing after all (wait again). Raises like receive_some
-        (ClosedResourceError when the leg was closed meanwhile, BrokenResourceError).
-
-        The pumps use this instead of receive_some after a short read (one that did not fill
-        the buffer), where the next read would almost surely find nothing: receive_some
-        first tries a recv that fails with EAGAIN, raises, and only then waits."""
-        if self.fd != fd:
-            raise trio.ClosedResourceError("leg closed")
-        try:
-            return os.read(fd, RECV_SIZE)
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            raise trio.BrokenResourceError("receive failed") from exc
-
-    def check(self) -> None:
-        if self.in_closed and self.out_closed:
-            self.finished.set()
 
     def dead(self) -> None:
         self.in_closed = self.out_closed = True
-        self.finished.set()
+        self.ctrl.clear()
+        self.ctrl_bytes = 0
+        if self.conn is not None:
+            self.conn.discard_output()
+
+    def finished(self) -> bool:
+        return self.in_closed and self.out_closed and (self.conn is None or self.conn.flushed())
 
 
 class _Splice:
@@ -304,8 +199,9 @@ class _Splice:
         stats: SpliceStats,
         shutdown: trio.Event | None,
     ) -> None:
+        self.client_stream = client
+        self.up_stream: trio.abc.Stream | None = None
         self.c = _Leg("client")
-        self.c.attach(client)
         self.up = _Leg("upstream")
         self.client_buffered = client_buffered
         self.connect = connect
@@ -316,16 +212,17 @@ class _Splice:
         self.observer = policy.upstream_observer
         self.c_observer = policy.client_observer
         self.c_obs: bytearray | None = None  # a fragmented client text message being joined
-        self.client_inject: list[bytes] = []  # client observer's answers, sent by the c2u pump
+        self.client_inject: list[bytes] = []  # client observer's answers, sent after each read
         self.closing = trio.Event()
+        self.all_done = trio.Event()
         self.nursery: trio.Nursery
         # upstream opening
         self.up_open = False
-        self.up_ready = trio.Event()  # open, or will never open
         self.pending: list[bytes | bytearray] = []
         self.pending_bytes = 0
         self.connect_scope = trio.CancelScope()
         # client -> upstream parse state
+        self.cbuf = bytearray()  # an incomplete client frame
         self.c_msg_op: int | None = None  # opcode of the fragmented message in progress
         self.c_msg_size = 0
         self.c_saw_data = False
@@ -340,51 +237,62 @@ class _Splice:
         self.scrub = policy.scrubber
         self.d_scrub_ctx = b""  # last key-piece context of the text message being forwarded
         self.d_tail = b""  # incomplete header / control frame
-        self.d_lock_held = False
-        self.d_sending = False
         self.down_wire_mid_msg = False  # client wire is inside a message (frame or fragments)
+        self.c_close_pending: tuple | None = None  # our client close, waiting for a frame's end
 
     # ---------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            conn = self.c.conn = attach(self.client_stream, nursery)
+            conn.on_data = self._on_client_data
+            conn.on_eof = self._on_client_eof
+            conn.on_error = self._client_dropped
+            conn.on_drained = self._on_drained
+            conn.on_fault = functools.partial(self._fault, self.c)
             nursery.start_soon(self._guard, self._connect_task)
-            nursery.start_soon(functools.partial(self._guard, self._c2u, reads=self.c))
             p = self.policy
             if p.idle_timeout or p.max_session_seconds or p.client_keepalive:
                 nursery.start_soon(self._guard, self._timers)
             if self.shutdown is not None:
                 nursery.start_soon(self._guard, self._watch_shutdown)
+            if self.client_buffered:
+                self._feed(self.c, self._on_client_data, self.client_buffered)
+            self._flow()
             await self.closing.wait()
             with trio.move_on_after(CLOSE_TIMEOUT):
-                async with trio.open_nursery() as legs:
-                    legs.start_soon(self._finish_leg, self.c)
-                    legs.start_soon(self._finish_leg, self.up)
+                await self.all_done.wait()
             nursery.cancel_scope.cancel()
 
-    async def _finish_leg(self, leg: _Leg) -> None:
-        await leg.finished.wait()
-        leg.fd = -1  # the number may be reused once closed
-        if leg.stream is not None:
-            await trio.aclose_forcefully(leg.stream)
+    def _feed(self, leg: _Leg, fn: Callable[[bytes], None], data: bytes) -> None:
+        """Bytes read before the conn existed (handshake leftovers), as if just read."""
+        try:
+            fn(data)
+        except Exception as exc:  # noqa: BLE001 - as a conn callback fault
+            self._fault(leg, exc)
 
-    async def _guard(self, fn: Callable[..., Awaitable[None]], *args: object, reads: _Leg | None = None) -> None:
-        """Run a session task; an unexpected exception ends the session, never the worker.
-        `reads` is the leg the task was parsing: its stream can no longer be parsed, so after
-        our close it is drained until the peer's EOF."""
+    async def _guard(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run a session task; an unexpected exception ends the session, never the worker."""
         try:
             await fn(*args)
-        except Exception:
-            self._end("error")
-            closes = {self.c: (1011, "internal error"), self.up: (1000, "")}
-            for leg, (code, reason) in closes.items():
-                if leg is not reads:
-                    self._spawn_close(leg, code, reason)
-            if reads is not None:
-                await self._close_leg(reads, *closes[reads])
-                if not reads.in_closed:
-                    await self._drain(reads)
+        except Exception:  # noqa: BLE001
+            self._fault(None)
+
+    def _fault(self, reads: _Leg | None, exc: BaseException | None = None) -> None:
+        """A bug while handling a leg (`reads`, whose stream can no longer be parsed) or in a
+        task: 1011 to the client, 1000 upstream; `reads` is drained until the peer's EOF."""
+        self._end("error")
+        closes = {self.c: (1011, "internal error"), self.up: (1000, "")}
+        for leg, (code, reason) in closes.items():
+            if leg is not reads:
+                self._close_leg(leg, code, reason)
+        if reads is not None:
+            self._close_leg(reads, *closes[reads])
+            if not reads.in_closed:
+                self._drain(reads)
+        self._flow()
+        self._check()
 
     def _end(self, reason: str) -> bool:
         """Record why the session ends (first cause wins); False if it was already ending."""
@@ -394,39 +302,87 @@ class _Splice:
         self.closing.set()
         return True
 
-    def _spawn_close(self, leg: _Leg, code: int | None, reason: str, inject: list[bytes] | None = None) -> None:
-        if not leg.out_closed:
-            self.nursery.start_soon(self._close_leg, leg, code, reason, inject)
+    def _check(self) -> None:
+        """Close the TCP of each leg whose closing handshake is over (and flushed)."""
+        done = True
+        for leg in (self.c, self.up):
+            if leg.finished():
+                if not leg.released:
+                    leg.released = True
+                    if leg.conn is not None:
+                        self.nursery.start_soon(leg.conn.aclose)
+            else:
+                done = False
+        if done:
+            self.all_done.set()
 
-    async def _close_leg(self, leg: _Leg, code: int | None, reason: str, inject: list[bytes] | None = None) -> None:
+    def _flow(self) -> None:
+        """Backpressure: which legs are read (see the module docstring)."""
+        c, up = self.c, self.up
+        cc, uc = c.conn, up.conn
+        c_out = cc.out_bytes if cc is not None else 0
+        u_out = uc.out_bytes if uc is not None else 0
+        if cc is not None:
+            if c.in_closed:
+                cc.pause()
+            elif c.draining or not (
+                u_out > HIGH_WATER or c.ctrl_bytes > MAX_QUEUED_CONTROL
+                or self.pending_bytes >= self.policy.max_pending_bytes
+            ):
+                cc.resume()
+            else:
+                cc.pause()
+        if uc is not None:
+            if up.in_closed:
+                uc.pause()
+            elif up.draining or not (c_out > HIGH_WATER or up.ctrl_bytes > MAX_QUEUED_CONTROL):
+                uc.resume()
+            else:
+                uc.pause()
+
+    def _on_drained(self) -> None:
+        for leg in (self.c, self.up):
+            if leg.ctrl:
+                self._flush_control(leg)
+        self._flow()
+        self._check()
+
+    def _close_leg(self, leg: _Leg, code: int | None, reason: str, inject: list[bytes] | None = None) -> None:
         """Send our close frame on `leg` once (after `inject` text frames toward the client,
-        when its wire is at a message boundary). `code` None sends a close without status."""
+        when its wire is at a message boundary). `code` None sends a close without status.
+        Toward a client whose wire is inside a streamed frame, it waits for that frame's end."""
         if leg.out_closed:
             return
-        if leg is self.up and leg.stream is None:
+        if leg is self.up and leg.conn is None:
             self._abandon_upstream()
             return
-        async with leg.lock:
-            if leg.out_closed:
-                return
-            leg.out_closed = True
-            if leg.broken:
-                leg.dead()
-                return
-            payload = build_close_payload(code, reason)
-            if leg is self.c:
-                frame = build_frame(OP_CLOSE, payload)
-                if inject and not self.down_wire_mid_msg:
-                    frame = b"".join([*(build_frame(OP_TEXT, p) for p in inject), frame])
-                self.stats.sent_client_close_code = 1005 if code is None else code
-            else:
-                frame = build_frame(OP_CLOSE, payload, keys=self.keys)
-            assert leg.stream is not None
-            try:
-                await leg.send(frame)
-            except _Broken:
-                leg.in_closed = True
-            leg.check()
+        if leg is self.c and self.d_rem and not leg.broken:
+            if self.c_close_pending is None:
+                self.c_close_pending = (code, reason, inject)
+            return
+        leg.out_closed = True
+        if leg.broken:
+            leg.dead()
+            self._check()
+            return
+        conn = leg.conn
+        assert conn is not None
+        if leg.ctrl:
+            self._flush_control(leg, force=True)
+        payload = build_close_payload(code, reason)
+        if leg is self.c:
+            frame = build_frame(OP_CLOSE, payload)
+            if inject and not self.down_wire_mid_msg:
+                frame = b"".join([*(build_frame(OP_TEXT, p) for p in inject), frame])
+            self.stats.sent_client_close_code = 1005 if code is None else code
+        else:
+            frame = build_frame(OP_CLOSE, payload, keys=self.keys)
+        conn.write(frame)
+        if conn.broken:
+            leg.in_closed = True
+        elif leg.draining:
+            conn.shutdown_after_flush()
+        self._check()
 
     def _abandon_upstream(self) -> None:
         """The upstream is not open (and now never will be)."""
@@ -434,20 +390,23 @@ class _Splice:
         self.up.dead()
         self.pending.clear()
         self.pending_bytes = 0
-        self.up_ready.set()
+        self._check()
 
     def _client_dropped(self) -> None:
         self.c.dead()
         self._end("client_closed")
-        self._spawn_close(self.up, 1000, "")
-        if self.up.stream is None:
+        self._close_leg(self.up, 1000, "")
+        if self.up.conn is None:
             self._abandon_upstream()
+        self._flow()
+        self._check()
 
     def _upstream_dropped(self) -> None:
         self.up.dead()
-        self.up_ready.set()
         self._end("upstream_closed")
-        self._spawn_close(self.c, 1011, "upstream error")
+        self._close_leg(self.c, 1011, "upstream error")
+        self._flow()
+        self._check()
 
     def _limit_frames(self, code: str) -> list[bytes] | None:
         return self.policy.on_limit(code) if self.policy.on_limit else None
@@ -457,29 +416,50 @@ class _Splice:
         if not self._end("limit:" + code):
             return
         limit = LIMITS[code]
-        self._spawn_close(self.c, limit.client_close, code, self._limit_frames(code))
-        self._spawn_close(self.up, limit.upstream_close, code)
+        self._close_leg(self.c, limit.client_close, code, self._limit_frames(code))
+        self._close_leg(self.up, limit.upstream_close, code)
+        self._flow()
 
-    async def _drain(self, leg: _Leg) -> None:
+    def _drain(self, leg: _Leg) -> None:
         """After failing a leg (its byte stream can no longer be parsed): let the peer see
         EOF after our close frame, discard what it still sends, and stop at its EOF."""
-        stream = leg.stream
-        if stream is None:
+        conn = leg.conn
+        if conn is None or conn.broken:
             leg.dead()
+            self._check()
             return
-        if isinstance(stream, trio.abc.HalfCloseableStream):
-            try:
-                async with leg.lock:
-                    await stream.send_eof()
-            except (*_Broken, trio.BusyResourceError):
-                pass
-        try:
-            while await stream.receive_some(RECV_SIZE):
-                pass
-        except _Broken:
-            pass
-        leg.in_closed = True
-        leg.check()
+        leg.draining = True
+        if leg.out_closed:
+            conn.shutdown_after_flush()
+        self._flow()
+
+    def _control(self, leg: _Leg, frames: bytes | bytearray) -> None:
+        """Control answers (pongs) to `leg`'s peer. Held while that wire is inside a streamed
+        frame or its peer is not reading (queue over HIGH_WATER); past MAX_QUEUED_CONTROL
+        held bytes the leg is not read any more, so a peer that floods pings and never reads
+        cannot grow the worker's memory."""
+        if leg.out_closed:
+            return
+        conn = leg.conn
+        assert conn is not None
+        if leg.ctrl or conn.out_bytes > HIGH_WATER or (leg is self.c and self.d_rem):
+            leg.ctrl.append(bytes(frames))
+            leg.ctrl_bytes += len(frames)
+            return
+        conn.write(frames)
+
+    def _flush_control(self, leg: _Leg, force: bool = False) -> None:
+        conn = leg.conn
+        if conn is None or leg.out_closed and not force:
+            leg.ctrl.clear()
+            leg.ctrl_bytes = 0
+            return
+        if not force and (conn.out_bytes > HIGH_WATER or (leg is self.c and self.d_rem)):
+            return
+        data = b"".join(leg.ctrl)
+        leg.ctrl.clear()
+        leg.ctrl_bytes = 0
+        conn.write(data)
 
     # ---------------------------------------------------------------- upstream opening
 
@@ -507,25 +487,26 @@ class _Splice:
         if self.up.out_closed:  # the session ended while we were connecting
             await trio.aclose_forcefully(stream)
             return
+        self.up_stream = stream
         self.stats.upstream_connect_seconds = trio.current_time() - t0
         up = self.up
-        up.attach(stream)
-        try:
-            async with up.lock:
-                while self.pending:  # frames the client sent meanwhile, in order
-                    batch = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
-                    self.pending.clear()
-                    self.pending_bytes = 0
-                    if not up.out_closed:
-                        await up.send(batch)
-                self.up_open = True
-                self.up_wire_mid_msg = self.c_msg_op is not None
-        except _Broken:
-            self._upstream_dropped()
+        conn = up.conn = attach(stream, self.nursery)
+        conn.on_data = self._on_up_data
+        conn.on_eof = self._on_up_eof
+        conn.on_error = self._upstream_dropped
+        conn.on_drained = self._on_drained
+        conn.on_fault = functools.partial(self._fault, up)
+        if self.pending:  # frames the client sent meanwhile, in order
+            conn.write(b"".join(self.pending))
+            self.pending.clear()
+            self.pending_bytes = 0
+        self.up_open = True
+        self.up_wire_mid_msg = self.c_msg_op is not None
+        if conn.broken:
             return
-        finally:
-            self.up_ready.set()
-        self.nursery.start_soon(functools.partial(self._guard, self._u2c, buffered, reads=self.up))
+        if buffered:
+            self._feed(up, self._on_up_data, buffered)
+        self._flow()
 
     def _upstream_failed(self, err: UpstreamConnectError) -> None:
         if not self._end("upstream_failed:" + err.kind):
@@ -533,62 +514,51 @@ class _Splice:
         self._abandon_upstream()
         handler = self.policy.on_upstream_failure or default_upstream_failure
         inject, code, reason = handler(err)
-        self._spawn_close(self.c, code, reason, inject)
+        self._close_leg(self.c, code, reason, inject)
+        self._flow()
 
     # ---------------------------------------------------------------- client -> upstream
 
-    async def _c2u(self) -> None:
+    def _on_client_data(self, data: bytes) -> None:
         c = self.c
-        stream = c.stream
-        assert stream is not None
-        buf = bytearray()
-        data: bytes | bytearray = self.client_buffered
-        while True:
-            if data:
-                if buf:
-                    buf += data
-                    work: bytes | bytearray = buf
-                else:
-                    work = data
-                consumed, up, down, action = self._client_frames(work)
-                if self.c_saw_data:
-                    self.c_saw_data = False
-                    if self.timed:
-                        self.last_client_data = trio.current_time()
-                if down:  # before forwarding: a pong must not trail the reply to later data
-                    await self._send_control(c, down)
-                if up:
-                    sent = self._send_up_nowait(up)
-                    if sent != len(up):
-                        await self._send_up(up, sent)
-                if self.client_inject:
-                    await self._inject_client()
-                if action is not None:
-                    await self._client_action(action)
-                    return
-                if work is buf:
-                    del buf[:consumed]
-                elif consumed < len(work):
-                    buf = bytearray(memoryview(work)[consumed:])
-            if c.in_closed:
-                return
-            try:
-                fd = c.fd
-                if fd >= 0 and len(data) < RECV_SIZE:  # wait first, then read (see read_ready)
-                    while True:
-                        await _wait_readable(fd)
-                        got = c.read_ready(fd)
-                        if got is not None:
-                            break
-                    data = got
-                else:
-                    data = await stream.receive_some(RECV_SIZE)
-            except _Broken:
-                data = b""
-            if not data:
-                if not c.in_closed:
-                    self._client_dropped()
-                return
+        if c.in_closed or c.draining:
+            return  # after its close or a failure: discarded
+        buf = self.cbuf
+        if buf:
+            buf += data
+            work: bytes | bytearray = buf
+        else:
+            work = data
+        consumed, up, down, action = self._client_frames(work)
+        if self.c_saw_data:
+            self.c_saw_data = False
+            if self.timed:
+                self.last_client_data = trio.current_time()
+        if down:  # before forwarding: a pong must not trail the reply to later data
+            self._control(c, down)
+        if up:
+            self._send_up(up)
+        if self.client_inject:
+            self._inject_client()
+        if action is not None:
+            self._client_action(action)
+            self._flow()
+            return
+        if work is buf:
+            del buf[:consumed]
+        elif consumed < len(work):
+            self.cbuf = bytearray(memoryview(work)[consumed:])
+        uc = self.up.conn
+        if uc is None or uc.out_bytes > HIGH_WATER or c.ctrl_bytes:  # else nothing to pause
+            self._flow()
+
+    def _on_client_eof(self) -> None:
+        c = self.c
+        if c.draining:
+            c.in_closed = True
+            self._check()
+        elif not c.in_closed:
+            self._client_dropped()
 
     def _client_frames(self, work: bytes | bytearray) -> tuple[int, bytes | bytearray, bytearray | None, tuple | None]:
         """Parse the complete client frames in `work`: (bytes consumed, re-masked frames for
@@ -726,76 +696,30 @@ class _Splice:
             self.client_inject.extend(answers)
         return build_frame(OP_TEXT, payload if replacement is None else replacement, keys=self.keys)
 
-    async def _inject_client(self) -> None:
+    def _inject_client(self) -> None:
         """Send the client observer's answers at a message boundary of the client wire (in
         the rare case that the wire is inside an upstream message, they are dropped)."""
         frames = b"".join(build_frame(OP_TEXT, p) for p in self.client_inject)
         self.client_inject.clear()
         c = self.c
-        if c.out_closed:
+        if c.out_closed or self.down_wire_mid_msg or self.d_rem or c.conn is None:
             return
-        async with c.lock:
-            if c.out_closed or self.down_wire_mid_msg:
-                return
-            try:
-                await c.send(frames)
-            except _Broken:
-                self._client_dropped()
+        c.conn.write(frames)
 
-    @staticmethod
-    def _write_now(fd: int, data: bytes | bytearray | memoryview) -> int | None:
-        """One non-blocking write: bytes written, 0 when the socket buffer is full, None
-        when the peer is gone."""
-        try:
-            return os.write(fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError:
-            return None
 
-    def _send_up_nowait(self, data: bytes | bytearray) -> int:
-        """The usual `_send_up` without a coroutine: upstream open, its lock free, a plain
-        socket. Returns the bytes written (all, or the caller finishes with
-        `await self._send_up(data, sent)`), -1 when nothing was tried."""
-        up = self.up
-        fd = up.fd
-        if fd < 0 or not self.up_open or up.out_closed or up.lock.held:
-            return -1
-        sent = self._write_now(fd, data)
-        if sent is None:
-            self._upstream_dropped()
-            return len(data)
-        self.up_wire_mid_msg = self.c_msg_op is not None
-        return sent
-
-    async def _send_up(self, data: bytes | bytearray, sent: int = -1) -> None:
-        """Frames to the upstream (`sent`: bytes of `data` _send_up_nowait already wrote)."""
+    def _send_up(self, data: bytes | bytearray) -> None:
+        """Frames to the upstream; queued (bounded, see _flow) while it is connecting."""
         up = self.up
         if up.out_closed:
             return  # P11: client frames after the upstream closed are dropped
         if not self.up_open:
-            self.pending.append(data)
+            self.pending.append(bytes(data))
             self.pending_bytes += len(data)
-            if self.pending_bytes >= self.policy.max_pending_bytes:
-                await self.up_ready.wait()  # backpressure: stop reading the client
             return
-        lock = up.lock
-        if lock.held:
-            await lock.acquire()
-        else:
-            lock.held = True  # uncontended: no await at all
-        try:
-            if up.out_closed:
-                return
-            try:
-                await up.send(data, sent)
-            except _Broken:
-                self._upstream_dropped()
-            self.up_wire_mid_msg = self.c_msg_op is not None
-        finally:
-            lock.release()
+        up.conn.write(data)  # type: ignore[union-attr]
+        self.up_wire_mid_msg = self.c_msg_op is not None
 
-    async def _client_action(self, action: tuple) -> None:
+    def _client_action(self, action: tuple) -> None:
         kind = action[0]
         c = self.c
         if kind == "close":
@@ -803,122 +727,81 @@ class _Splice:
             c.in_closed = True
             self.stats.client_close_code = 1005 if code is None else code
             if c.out_closed:  # the reply to our close
-                c.check()
+                self._check()
                 return
             self._end("client_closed")
-            self._spawn_close(self.up, map_close_code(code, toward="upstream"), safe_reason(reason))
-            await self._close_leg(c, code, "")  # echo the client's code (RFC 6455 §5.5.1)
+            self._close_leg(self.up, map_close_code(code, toward="upstream"), safe_reason(reason))
+            self._close_leg(c, code, "")  # echo the client's code (RFC 6455 §5.5.1)
             return
         if kind == "protocol":
             if self._end("protocol_error:client"):
-                self._spawn_close(self.up, 1000, "")
-            await self._close_leg(c, 1002, "protocol error")
+                self._close_leg(self.up, 1000, "")
+            self._close_leg(c, 1002, "protocol error")
         else:  # a message over max_message_bytes
             limit = action[1]
             inject = None
             if self._end("limit:" + limit):
                 inject = self._limit_frames(limit)
-                self._spawn_close(self.up, LIMITS[limit].upstream_close, limit)
-            await self._close_leg(c, LIMITS[limit].client_close, limit, inject)
+                self._close_leg(self.up, LIMITS[limit].upstream_close, limit)
+            self._close_leg(c, LIMITS[limit].client_close, limit, inject)
             # Refused from its header: the payload is never read, not even to drain it
             # (issue 16 §6); TCP is closed once our close frame is out.
-            c.dead()
+            c.in_closed = True
+            self._flow()
+            self._check()
             return
         # The rest of the client's byte stream cannot be parsed any more.
-        if c.out_closed and not c.in_closed:
-            await self._drain(c)
-        else:
-            c.dead()
-
-    async def _send_control(self, leg: _Leg, frames: bytes | bytearray) -> None:
-        """Control frames (pongs) from a pump to the other side of its leg. An idle leg gets
-        them at once, from the pump itself, so a pong leaves before anything the pump forwards
-        next. While the leg's lock is busy (a frame mid-stream) they are queued for a helper
-        task and the pump keeps reading; past MAX_QUEUED_CONTROL the pump waits for the leg
-        too, so a peer that floods pings and never reads cannot grow the worker's memory."""
-        leg.ctrl.append(frames)
-        leg.ctrl_bytes += len(frames)
-        if leg.ctrl_task or leg.lock.locked():
-            if not leg.ctrl_task:
-                leg.ctrl_task = True
-                self.nursery.start_soon(self._flush_control, leg)
-            if leg.ctrl_bytes <= MAX_QUEUED_CONTROL:
-                return
-        await self._write_control(leg)
-
-    async def _flush_control(self, leg: _Leg) -> None:
-        try:
-            await self._write_control(leg)
-        finally:
-            leg.ctrl_task = False
-            leg.ctrl.clear()
-            leg.ctrl_bytes = 0
-
-    async def _write_control(self, leg: _Leg) -> None:
-        async with leg.lock:
-            while leg.ctrl:
-                data = b"".join(leg.ctrl)
-                leg.ctrl.clear()
-                leg.ctrl_bytes = 0
-                if leg.out_closed or leg.stream is None:
-                    continue
-                try:
-                    await leg.send(data)
-                except _Broken:
-                    if leg is self.c:
-                        self._client_dropped()
-                    else:
-                        self._upstream_dropped()
+        if not c.in_closed:
+            self._drain(c)
 
     # ---------------------------------------------------------------- upstream -> client
 
-    async def _u2c(self, data: bytes) -> None:
+    def _on_up_data(self, data: bytes) -> None:
         up = self.up
-        stream = up.stream
-        assert stream is not None
-        try:
-            while True:
-                if data:
-                    out, ctrl, action = self._upstream_frames(data)
-                    if out:
-                        chunk = out[0] if len(out) == 1 else b"".join(out)
-                        sent = self._send_down_nowait(chunk)
-                        if sent != len(chunk):
-                            await self._send_down(chunk, sent)
-                    if ctrl:
-                        await self._send_control(up, ctrl)
-                    if action is not None:
-                        await self._upstream_action(action)
-                        return
-                if up.in_closed:
-                    return
-                try:
-                    fd = up.fd
-                    if fd >= 0 and len(data) < RECV_SIZE:  # wait first, then read (see read_ready)
-                        while True:
-                            await _wait_readable(fd)
-                            got = up.read_ready(fd)
-                            if got is not None:
-                                break
-                        data = got
-                    else:
-                        data = await stream.receive_some(RECV_SIZE)
-                except _Broken:
-                    data = b""
-                if not data:
-                    if not up.in_closed:
-                        self._release_client_lock()
-                        self._upstream_dropped()
-                    return
-        finally:
-            self._release_client_lock()
+        if up.in_closed or up.draining:
+            return
+        out, ctrl, action = self._upstream_frames(data)
+        if out:
+            c = self.c
+            if not c.out_closed:
+                c.conn.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+                self.down_wire_mid_msg = self.d_msg_op is not None
+        if ctrl:
+            self._control(up, ctrl)
+        if not self.d_rem and (self.c.ctrl or self.c_close_pending is not None):
+            self._client_boundary()
+            action = action or ("flow",)
+        if action is not None:
+            if action[0] != "flow":
+                self._upstream_action(action)
+            self._flow()
+        elif self.c.conn.out_bytes > HIGH_WATER or up.ctrl_bytes:  # type: ignore[union-attr]
+            self._flow()  # else nothing to pause
 
-    def _release_client_lock(self) -> None:
-        if self.d_lock_held:
-            if self.d_rem or self.d_sending:
-                self.c.broken = True  # a frame was cut: the client can only get a TCP close
-            self.d_lock_held = False
-            self.c.lock.release()
+    def _client_boundary(self) -> None:
+        """The client wire is at a frame boundary again: what waited for it goes out."""
+        c = self.c
+        if c.ctrl:
+            self._flush_control(c)
+        pending = self.c_close_pending
+        if pending is not None:
+            self.c_close_pending = None
+            self._close_leg(c, *pending)
+
+    def _on_up_eof(self) -> None:
+        up = self.up
+        if up.draining:
+            up.in_closed = True
+            self._check()
+            return
+        if up.in_closed:
+            return
+        if self.d_rem:
+            self.c.broken = True  # a frame was cut: the client can only get a TCP close
+            self.d_rem = 0
+            if self.c_close_pending is not None:
+                self._client_boundary()
+        self._upstream_dropped()
 
     def _upstream_frames(self, data: bytes) -> tuple[list, bytearray | None, tuple | None]:
         """Split a chunk of upstream bytes: (segments to forward to the client, control frames
@@ -1077,53 +960,8 @@ class _Splice:
             return -1, None
         return run, None
 
-    def _send_down_nowait(self, data: bytes | memoryview) -> int:
-        """The usual `_send_down` without a coroutine: whole frames only (no frame left
-        incomplete, so the client lock is not kept), the lock free, a plain socket. Returns
-        the bytes written (all, or the caller finishes with `await self._send_down(data,
-        sent)`), -1 when nothing was tried."""
-        c = self.c
-        fd = c.fd
-        if fd < 0 or self.d_rem or self.d_lock_held or c.lock.held or c.out_closed:
-            return -1
-        sent = self._write_now(fd, data)
-        if sent is None:
-            self._client_dropped()
-            return len(data)
-        self.down_wire_mid_msg = self.d_msg_op is not None
-        return sent
 
-    async def _send_down(self, data: bytes | memoryview, sent: int = -1) -> None:
-        """Upstream bytes to the client (`sent`: bytes of `data` _send_down_nowait already
-        wrote). Keeps the client lock while a forwarded frame is incomplete."""
-        c = self.c
-        if not self.d_lock_held:
-            if c.out_closed:
-                return  # the client leg is closing: upstream frames are dropped
-            if c.lock.held:
-                await c.lock.acquire()
-            else:
-                c.lock.held = True  # uncontended: no await at all
-            self.d_lock_held = True
-        if c.out_closed:
-            self.d_lock_held = False
-            c.lock.release()
-            return
-        self.d_sending = True
-        try:
-            await c.send(data, sent)
-        except _Broken:
-            self.d_sending = False
-            self._release_client_lock()
-            self._client_dropped()
-            return
-        self.d_sending = False
-        self.down_wire_mid_msg = self.d_msg_op is not None
-        if not self.d_rem:
-            self.d_lock_held = False
-            c.lock.release()
-
-    async def _upstream_action(self, action: tuple) -> None:
+    def _upstream_action(self, action: tuple) -> None:
         kind = action[0]
         up = self.up
         if kind == "close":
@@ -1131,21 +969,19 @@ class _Splice:
             up.in_closed = True
             self.stats.upstream_close_code = 1005 if code is None else code
             if up.out_closed:  # the reply to our close
-                up.check()
+                self._check()
                 return
             self._end("upstream_closed")
             to_client = map_close_code(code, toward="client")
-            self._spawn_close(self.c, to_client, generic_close_reason(to_client, reason, self.scrub))
-            await self._close_leg(up, code, "")
+            self._close_leg(self.c, to_client, generic_close_reason(to_client, reason, self.scrub))
+            self._close_leg(up, code, "")
             return
         # protocol error from the upstream: 1002 toward it, 1011 toward the client
         if self._end("protocol_error:upstream"):
-            self._spawn_close(self.c, 1011, "upstream error")
-            await self._close_leg(up, 1002, "protocol error")
-        if up.out_closed and not up.in_closed:
-            await self._drain(up)
-        else:
-            up.dead()
+            self._close_leg(self.c, 1011, "upstream error")
+            self._close_leg(up, 1002, "protocol error")
+        if not up.in_closed:
+            self._drain(up)
 
     # ---------------------------------------------------------------- timers
 
@@ -1180,20 +1016,14 @@ class _Splice:
                 ka_due = max(self.last_client_data, ka_last) + ka_every
                 if now >= ka_due:
                     ka_last = now
-                    await self._send_keepalive(ka_payload)
+                    self._send_keepalive(ka_payload)
                     continue
                 deadline = min(deadline, ka_due)
             with trio.move_on_at(deadline):
                 await self.closing.wait()
 
-    async def _send_keepalive(self, payload: bytes) -> None:
+    def _send_keepalive(self, payload: bytes) -> None:
         up = self.up
-        if not self.up_open or up.out_closed:
-            return
-        async with up.lock:
-            if up.out_closed or self.up_wire_mid_msg:
-                return  # never inside a fragmented client message
-            try:
-                await up.send(build_frame(OP_TEXT, payload, keys=self.keys))
-            except _Broken:
-                self._upstream_dropped()
+        if not self.up_open or up.out_closed or self.up_wire_mid_msg:
+            return  # never inside a fragmented client message
+        up.conn.write(build_frame(OP_TEXT, payload, keys=self.keys))  # type: ignore[union-attr]

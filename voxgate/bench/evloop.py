@@ -13,11 +13,12 @@ import heapq
 import itertools
 import select
 import socket
+import ssl
 from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any
 
-from benchmarks.wire import (
+from voxgate.bench.wire import (
     HEAD_END,
     MAX_HEAD,
     OP_CLOSE,
@@ -91,7 +92,18 @@ class Loop:
         self.ep.close()
 
 
-IDLE, CONNECTING, HANDSHAKE, OPEN, CLOSING, CLOSED = range(6)
+IDLE, CONNECTING, HANDSHAKE, OPEN, CLOSING, CLOSED, TLS_HANDSHAKE = range(7)
+
+
+def _client_tls_context() -> ssl.SSLContext:
+    """The generator talks to a gateway with a throw-away certificate: no verification."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+_TLS_CONTEXT: ssl.SSLContext | None = None
 
 
 class WsClient:
@@ -114,6 +126,18 @@ class WsClient:
         self.close_code: int | None = None
         self.t_start = 0
         self.t_open = 0
+        self.tls: ssl.SSLObject | None = None  # wss: TLS through memory BIOs (see enable_tls)
+        self._tls_in: ssl.MemoryBIO | None = None
+        self._tls_out: ssl.MemoryBIO | None = None
+
+    def enable_tls(self) -> None:
+        """Speak wss: TLS runs inside this loop through memory BIOs, so a wss client costs the
+        generator the same wake-ups as a ws one plus the record layer."""
+        global _TLS_CONTEXT
+        if _TLS_CONTEXT is None:
+            _TLS_CONTEXT = _client_tls_context()
+        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = _TLS_CONTEXT.wrap_bio(self._tls_in, self._tls_out, server_hostname=self.host)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -185,7 +209,19 @@ class WsClient:
     # -- I/O -----------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        if self.sock is None:
+        if self.tls is not None:
+            if self.sock is None:
+                return
+            try:
+                self.tls.write(data)
+            except ssl.SSLError as exc:
+                self.fail(f"tls: {exc}")
+                return
+            data = self._tls_out.read()  # type: ignore[union-attr]
+        self._send_raw(data)
+
+    def _send_raw(self, data: bytes) -> None:
+        if self.sock is None or not data:
             return
         if self.out:
             self.out += data
@@ -220,8 +256,12 @@ class WsClient:
             if err:
                 self.fail(f"connect: {errno.errorcode.get(err, err)}")
                 return
-            self.state = HANDSHAKE
             self.loop.modify(self.fd, EPOLLIN)
+            if self.tls is not None:
+                self.state = TLS_HANDSHAKE
+                self._tls_step()
+                return
+            self.state = HANDSHAKE
             self.send(upgrade_request(self.request_path(), f"{self.host}:{self.port}"))
             return
         if ev & EPOLLOUT and self.out:
@@ -231,6 +271,52 @@ class WsClient:
         if ev & (EPOLLIN | EPOLLERR_HUP):
             self._read()
 
+    def _tls_step(self) -> None:
+        """Advance the TLS handshake; once done, send the upgrade request."""
+        assert self.tls is not None
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._send_raw(self._tls_out.read())  # type: ignore[union-attr]
+            return
+        except ssl.SSLError as exc:
+            self.fail(f"tls: {exc}")
+            return
+        self._send_raw(self._tls_out.read())  # type: ignore[union-attr]
+        self.state = HANDSHAKE
+        self.send(upgrade_request(self.request_path(), f"{self.host}:{self.port}"))
+
+    def _tls_read(self, raw: bytes) -> bytes | None:
+        """Raw bytes in, plaintext out (b"" at the peer's EOF); None: nothing yet / failed."""
+        assert self.tls is not None and self._tls_in is not None
+        if raw:
+            self._tls_in.write(raw)
+        else:
+            self._tls_in.write_eof()
+        if self.state == TLS_HANDSHAKE:
+            self._tls_step()
+            if self.state == TLS_HANDSHAKE or self.state == CLOSED:
+                return b"" if not raw and self.state != CLOSED else None
+        parts = []
+        while True:
+            try:
+                chunk = self.tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b"".join(parts) if parts else b""
+            except ssl.SSLError as exc:
+                self.fail(f"tls: {exc}")
+                return None
+            if not chunk:
+                return b"".join(parts) if parts else b""
+            parts.append(chunk)
+        if self._tls_out.pending:  # type: ignore[union-attr]
+            self._send_raw(self._tls_out.read())  # type: ignore[union-attr]
+        if not parts:
+            return b"" if not raw else None
+        return b"".join(parts)
+
     def _read(self) -> None:
         try:
             data = self.sock.recv(RECV_SIZE)  # type: ignore[union-attr]
@@ -239,6 +325,11 @@ class WsClient:
         except OSError as exc:
             self.fail(f"recv: {exc.strerror or exc}")
             return
+        if self.tls is not None:
+            got = self._tls_read(data)
+            if got is None:
+                return
+            data = got
         now = perf_counter_ns()
         if not data:
             if self.state == CLOSING:

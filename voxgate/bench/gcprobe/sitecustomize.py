@@ -2,7 +2,7 @@
 
 Not imported by anything. Put this directory first on PYTHONPATH of a benchmark run, e.g.
 
-    PYTHONPATH=benchmarks/gcprobe:. GCPROBE_DIR=/tmp/gc voxgate bench --scenario translator
+    PYTHONPATH=voxgate/bench/gcprobe:. GCPROBE_DIR=/tmp/gc voxgate bench --scenario translator
 
 and every worker appends one line per collection of generation 1 or 2 (and per slower
 generation-0 one) to $GCPROBE_DIR/gc.<pid>.log: wall ms, CPU ms, objects tracked.

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks import gateway, peers
-from benchmarks.evloop import Loop
-from benchmarks.phases import Monitor, Phases, Target
-from benchmarks.procs import Managed, kernel_threads, pid_alive, spawn, tail
+from voxgate.bench import gateway, peers
+from voxgate.bench.evloop import Loop
+from voxgate.bench.phases import Monitor, Phases, Target
+from voxgate.bench.procs import Managed, kernel_threads, pid_alive, spawn, tail
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ECHO_PATH = "/v1/agent/converse"
 
 
@@ -41,6 +41,7 @@ class Scenario:
     window: int = 1
     translator: bool = False
     open_rate: float = 250.0
+    tls: bool = False  # the wss scenario: the same sessions through a TLS-terminating gateway
 
     def params(self) -> dict:
         out: dict = {"sessions": self.sessions}
@@ -55,7 +56,8 @@ class Scenario:
         return out
 
 
-ORDER = ["idle", "setup", "pingpong", "realtime100", "realtime200", "throughput", "translator"]
+ORDER = ["idle", "setup", "pingpong", "realtime100", "realtime200", "throughput", "translator", "translator200",
+         "wss"]
 
 FULL = {
     "pingpong": Scenario("pingpong", "stream", "ping-pong latency", "window", 1, 5.0, 1),
@@ -63,8 +65,10 @@ FULL = {
     "realtime200": Scenario("realtime200", "stream", "realtime voice", "paced", 200, 10.0),
     "throughput": Scenario("throughput", "stream", "throughput", "window", 20, 5.0, 16),
     "translator": Scenario("translator", "stream", "translator voice", "paced", 100, 10.0, translator=True),
+    "translator200": Scenario("translator200", "stream", "translator voice", "paced", 200, 10.0, translator=True),
     "idle": Scenario("idle", "idle", "idle capacity", sessions=2000, open_rate=500.0),
     "setup": Scenario("setup", "setup", "connection setup", sessions=200),
+    "wss": Scenario("wss", "stream", "realtime voice, ws vs wss", "paced", 100, 10.0, tls=True),
 }
 
 QUICK = {
@@ -73,11 +77,13 @@ QUICK = {
     "realtime200": replace(FULL["realtime200"], sessions=20, duration=0.6),
     "throughput": replace(FULL["throughput"], sessions=4, duration=0.6),
     "translator": replace(FULL["translator"], sessions=10, duration=0.6),
+    "translator200": replace(FULL["translator200"], sessions=20, duration=0.6),
     "idle": replace(FULL["idle"], sessions=20),
     "setup": replace(FULL["setup"], sessions=20),
+    "wss": replace(FULL["wss"], sessions=10, duration=0.6),
 }
 
-ALIASES = {"realtime": ["realtime100", "realtime200"], "all": ORDER}
+ALIASES = {"realtime": ["realtime100", "realtime200"], "translators": ["translator", "translator200"], "all": ORDER}
 
 
 def plan(*, quick: bool, names: list[str], sessions: int | None, duration: float | None) -> list[Scenario]:
@@ -161,6 +167,7 @@ class Run:
         self.tmp = Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
         self.upstream: Managed | None = None
         self.gw: gateway.GatewayProc | None = None
+        self.gw_tls: gateway.GatewayProc | None = None
         self.peers: dict[str, peers.Peer] = {}
         self.skipped: dict[str, str] = {}
         self.monitor = Monitor()
@@ -168,9 +175,9 @@ class Run:
 
     # -- processes -----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, tls: bool = False) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        self.upstream = spawn("upstream", [sys.executable, "-m", "benchmarks.upstream", "--port", "0"], self.tmp,
+        self.upstream = spawn("upstream", [sys.executable, "-m", "voxgate.bench.upstream", "--port", "0"], self.tmp,
                               env=env)
         match = self.upstream.wait_for(r"listening on 127\.0\.0\.1:(\d+)", 20)
         self.upstream_port = int(match.group(1))
@@ -190,6 +197,12 @@ class Run:
         for provider, pids in sorted(self.gw.workers.items()):
             for i, pid in enumerate(pids):
                 labels[f"worker.{provider}.{i}"] = pid
+        if tls:
+            self.gw_tls = gateway.start(self.tmp, self.upstream_port, self.opts.workers_per_provider, tls=True)
+            labels["tls.supervisor"] = self.gw_tls.pid
+            for provider, pids in sorted(self.gw_tls.workers.items()):
+                for i, pid in enumerate(pids):
+                    labels[f"tls.worker.{provider}.{i}"] = pid
         labels["upstream"] = self.upstream.pid
         labels["generator"] = os.getpid()
         for peer in self.peers.values():
@@ -203,6 +216,8 @@ class Run:
             peer.stop()
         if self.gw is not None:
             self.gw.stop()
+        if self.gw_tls is not None:
+            self.gw_tls.stop()
         if self.upstream is not None:
             self.upstream.stop()
         if os.environ.get("VOXGATE_BENCH_KEEP_TMP"):
@@ -217,6 +232,10 @@ class Run:
 
     def targets(self, sc: Scenario) -> list[Target]:
         assert self.gw is not None
+        if sc.tls:
+            assert self.gw_tls is not None
+            return [Target("direct", self.upstream_port, ECHO_PATH), Target("voxgate", self.gw.port, "/deepgram-proxy"),
+                    Target("voxgate_wss", self.gw_tls.port, "/deepgram-proxy", tls=True)]
         if sc.translator:
             return [
                 Target("direct", self.upstream_port, "/v1/realtime?model=gpt-realtime", "realtime"),
@@ -281,14 +300,14 @@ class Run:
 
 
 def phases_drain_close() -> float:
-    from benchmarks.phases import CLOSE_S, DRAIN_S
+    from voxgate.bench.phases import CLOSE_S, DRAIN_S
 
     return DRAIN_S + CLOSE_S
 
 
 def run_all(opts: Options, log: Callable[[str], None]) -> dict:
     """Every run of every selected scenario: {"runs": [...], "peers": ..., "scenarios": [...]}."""
-    from benchmarks.procs import raise_fd_limit
+    from voxgate.bench.procs import raise_fd_limit
 
     scenarios = plan(quick=opts.quick, names=list(opts.scenarios), sessions=opts.sessions, duration=opts.duration)
     nofile = raise_fd_limit()
@@ -300,7 +319,7 @@ def run_all(opts: Options, log: Callable[[str], None]) -> dict:
         run = Run(opts, log)
         loop = Loop()
         try:
-            run.start()
+            run.start(tls=any(sc.tls for sc in scenarios))
             skipped.update(run.skipped)
             versions.update(run.versions())
             results = {}

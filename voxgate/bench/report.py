@@ -9,13 +9,13 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmarks.runner import FULL, Scenario
+from voxgate.bench.runner import FULL, Scenario
 
 SCALARS = ("msgs_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "t101_p50_ms", "t101_p99_ms",
            "session_ready_p50_ms", "gen_lag_p99_ms", "sent", "received", "ready", "sessions", "window_s", "ramp_s")
 DICTS = ("cpu_s", "rss_peak_kib", "hwm_kib", "kib_per_session", "rss_base_kib", "rss_loaded_kib")
 RELAY_PREFIX = {"voxgate": ("supervisor", "worker."), "voxgate_relay": ("supervisor", "worker."),
-                "nginx": ("nginx.",), "node": ("node",)}
+                "voxgate_wss": ("tls.supervisor", "tls.worker."), "nginx": ("nginx.",), "node": ("node",)}
 
 
 def _median(values: list[Any]) -> Any:
@@ -38,8 +38,9 @@ def derive(target: str, res: dict) -> dict:
     out = dict(res)
     out["relay_cpu_s"] = relay_sum(target, cpu)
     if target.startswith("voxgate"):
-        out["supervisor_cpu_s"] = cpu.get("supervisor")
-        out["workers_cpu_s"] = round(sum(v for k, v in cpu.items() if k.startswith("worker.")), 3)
+        own = "tls." if target == "voxgate_wss" else ""  # the wss gateway's processes
+        out["supervisor_cpu_s"] = cpu.get(own + "supervisor")
+        out["workers_cpu_s"] = round(sum(v for k, v in cpu.items() if k.startswith(own + "worker.")), 3)
     window = res.get("window_s")
     if window and "generator" in cpu:
         out["generator_cpu_pct"] = round(100 * cpu["generator"] / window, 1)
@@ -49,6 +50,12 @@ def derive(target: str, res: dict) -> dict:
         out["other_cpu_pct"] = round(100 * cpu["other"] / window, 1)
     if out["relay_cpu_s"] is not None and window:
         out["relay_cpu_pct"] = round(100 * out["relay_cpu_s"] / window, 1)
+        round_trips = (res.get("msgs_per_s") or 0) * window
+        if round_trips:
+            # a round trip is two relayed messages (one each way); on the translator path it
+            # is one audio round trip (PCM in, append and delta upstream, PCM out)
+            out["relay_us_per_rt"] = round(out["relay_cpu_s"] * 1e6 / round_trips, 1)
+            out["relay_us_per_msg"] = round(out["relay_cpu_s"] * 1e6 / (2 * round_trips), 1)
     out["relay_rss_peak_kib"] = relay_sum(target, res.get("rss_peak_kib") or {})
     if "kib_per_session" in res:
         per = res["kib_per_session"]
@@ -167,6 +174,12 @@ def evaluate(results: dict, scenarios: list[Scenario], workers_per_provider: int
     shown = "-" if v.get("p99_ms") is None else f"p99 {v['p99_ms']:.2f} ms, errors {v.get('errors')}"
     add("translator 100: p99 RTT, no errors", "translator", ok, shown, "<= 20 ms, 0 errors")
 
+    tr = results.get("translator200")
+    v = _t(tr, "voxgate")
+    ok = None if v.get("p99_ms") is None else (v["p99_ms"] <= 50.0 and v.get("errors") == 0)
+    shown = "-" if v.get("p99_ms") is None else f"p99 {v['p99_ms']:.2f} ms, errors {v.get('errors')}"
+    add("translator 200: every frame answered, p99 RTT", "translator200", ok, shown, "<= 50 ms, 0 errors")
+
     idle = results.get("idle")
     v = _t(idle, "voxgate")
     per = v.get("relay_kib_per_session")
@@ -179,6 +192,13 @@ def evaluate(results: dict, scenarios: list[Scenario], workers_per_provider: int
     if v.get("p50_ms") is not None and d.get("p50_ms") is not None:
         add("setup: first upstream byte p50", "setup", v["p50_ms"] <= d["p50_ms"] + 1.0,
             f"{v['p50_ms']:.3f} ms vs direct {d['p50_ms']:.3f} ms", "<= direct + 1 ms")
+
+    wss = _t(results.get("wss"), "voxgate_wss")
+    sup, workers = wss.get("supervisor_cpu_s"), wss.get("workers_cpu_s")
+    if sup is not None and workers:
+        add("wss: supervisor CPU < 2% of workers' (it terminates TLS)", "wss", sup < 0.02 * workers,
+            f"{sup:.2f} s vs {workers:.2f} s ({100 * sup / workers:.1f} %)", "< 2 %",
+            "the supervisor pumps every wss byte over a socket pair")
 
     for key in ("realtime200", "throughput"):
         v = _t(results.get(key), "voxgate")
@@ -221,11 +241,12 @@ def render(results: dict, verdicts: list[dict]) -> str:
         kind = "idle" if key == "idle" else "setup" if key == "setup" else "stream"
         if kind == "stream":
             head = ["target", "msgs/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "+p50 ms", "+p99 ms",
-                    "relay CPU s (sup/wrk)", "relay CPU %", "relay RSS MiB", "gen CPU %", "other CPU %", "errors"]
+                    "relay CPU s (sup/wrk)", "relay CPU %", "CPU us/msg", "CPU us/rt", "relay RSS MiB",
+                    "gen CPU %", "other CPU %", "errors"]
             rows = [[name, _f(t.get("msgs_per_s"), 0), _f(t.get("p50_ms"), 3), _f(t.get("p90_ms"), 3),
                      _f(t.get("p99_ms"), 3), _f(t.get("max_ms"), 3), _f(t.get("added_p50_ms"), 3),
                      _f(t.get("added_p99_ms"), 3), _cpu(t), _f(t.get("relay_cpu_pct"), 1),
-                     _mib(t.get("relay_rss_peak_kib")), _f(t.get("generator_cpu_pct"), 1),
+                     _f(t.get("relay_us_per_msg"), 1), _f(t.get("relay_us_per_rt"), 1), _mib(t.get("relay_rss_peak_kib")), _f(t.get("generator_cpu_pct"), 1),
                      _f(t.get("other_cpu_pct"), 1), _f(t.get("errors"))]
                     for name, t in targets.items()]
         elif kind == "idle":

@@ -1,6 +1,6 @@
 """`voxgate bench`: the benchmark harness of issue 7 as a click command.
 
-Registered by voxgate's CLI with `cli.add_command(bench)`; until then `python -m benchmarks`.
+Registered by voxgate's CLI with `cli.add_command(bench)`; until then `python -m voxgate.bench`.
 It prints a table (and PASS/FAIL per target) on stdout, progress on stderr, and with
 `--json PATH` writes everything, including each run's raw numbers. The exit status is 0
 whenever the benchmark ran, whatever the verdicts: it is a measurement, not a test.
@@ -23,7 +23,7 @@ import orjson
 def code_version() -> dict:
     """The commit measured and the product files that differed from it (a benchmark of a
     dirty tree says so)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str:
         try:
@@ -42,7 +42,8 @@ def code_version() -> dict:
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="A tiny version of every scenario (seconds each; for the test suite).")
 @click.option("--scenario", "scenarios", multiple=True, metavar="NAME",
-              help="pingpong, realtime100, realtime200 (or realtime), throughput, translator, idle, setup; "
+              help="pingpong, realtime100, realtime200 (or realtime), throughput, translator, translator200 "
+                   "(or translators), idle, setup; "
                    "repeatable (default: all).")
 @click.option("--sessions", type=click.IntRange(1, 20000), default=None,
               help="Session count of every selected scenario except pingpong (idle: sessions held; "
@@ -64,7 +65,7 @@ def bench(quick: bool, scenarios: tuple[str, ...], sessions: int | None, duratio
           json_path: str | None, runs: int | None, peers: bool, workers_per_provider: int,
           profile_dir: str | None) -> None:
     """Benchmark voxgate against a direct connection and peers (nginx, Node ws) in one run."""
-    from benchmarks import report, runner
+    from voxgate.bench import report, runner
 
     opts = runner.Options(
         quick=quick, scenarios=scenarios, sessions=sessions, duration=duration,
@@ -117,6 +118,6 @@ def bench(quick: bool, scenarios: tuple[str, ...], sessions: int | None, duratio
 
 
 def _own_args() -> list[str]:
-    """This command's arguments, whether run as `voxgate bench ...` or `python -m benchmarks ...`."""
+    """This command's arguments, whether run as `voxgate bench ...` or `python -m voxgate.bench ...`."""
     args = sys.argv[1:]
     return args[1:] if args[:1] == ["bench"] else args

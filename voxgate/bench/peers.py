@@ -2,7 +2,7 @@
 
 Each is optional: when the binary (or npm, or the `ws` package) is missing, the peer is
 skipped with a reason and the run goes on. The `ws` package is installed with npm into
-benchmarks/.node (git-ignored) only when the Node peer is requested.
+voxgate/bench/.node (git-ignored) only when the Node peer is requested.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.procs import Managed, children, free_port, spawn, wait_port
+from voxgate.bench.procs import Managed, children, free_port, spawn, wait_port
 
 HERE = Path(__file__).resolve().parent
 NODE_DIR = HERE / ".node"
@@ -119,7 +119,7 @@ def start_nginx(tmp: Path, upstream_port: int, workers: int) -> Peer:
 
 
 def ensure_ws() -> Path:
-    """node_modules holding `ws`, installed once into benchmarks/.node."""
+    """node_modules holding `ws`, installed once into voxgate/bench/.node."""
     modules = NODE_DIR / "node_modules"
     if (modules / "ws" / "package.json").exists():
         return modules

@@ -22,8 +22,8 @@ from time import perf_counter_ns
 
 import orjson
 
-from benchmarks.evloop import CLOSED, OPEN, Loop, WsClient
-from benchmarks.wire import OP_BINARY, OP_TEXT, ZERO_MASK, client_frame, frame_header
+from voxgate.bench.evloop import CLOSED, OPEN, Loop, WsClient
+from voxgate.bench.wire import OP_BINARY, OP_TEXT, ZERO_MASK, client_frame, frame_header
 from voxgate.simulate.common import tone_pcm16
 
 STAMP = struct.Struct("<QQ")

@@ -1,6 +1,6 @@
 """The CPU floor of a trio relay hop: one echo task, one blocking client, loopback TCP.
 
-    python -m benchmarks.trio_floor [--messages 20000]
+    python -m voxgate.bench.trio_floor [--messages 20000]
 
 Prints the server's CPU per message for two server loops: the high-level
 `receive_some` + `send_all` (what trio streams do) and `wait_readable` + `os.read` +
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.procs import cpu_seconds
+from voxgate.bench.procs import cpu_seconds
 
 SERVER = r"""
 import os, sys, trio

@@ -1,6 +1,6 @@
 """Summarise py-spy raw (collapsed-stack) profiles: top functions by self and total samples.
 
-    python -m benchmarks.profile_report PROFILE.txt [--top 25]
+    python -m voxgate.bench.profile_report PROFILE.txt [--top 25]
 
 `voxgate bench --profile DIR` writes one such file per profiled phase and worker.
 """

@@ -15,8 +15,8 @@ from time import perf_counter_ns
 
 import numpy as np
 
-from benchmarks import procs
-from benchmarks.clients import (
+from voxgate.bench import procs
+from voxgate.bench.clients import (
     AgentClient,
     EchoClient,
     PhaseState,
@@ -24,7 +24,7 @@ from benchmarks.clients import (
     SetupProbe,
     still_open,
 )
-from benchmarks.evloop import OPEN, Loop
+from voxgate.bench.evloop import OPEN, Loop, WsClient
 from voxgate.simulate.common import tone_pcm16
 
 SEC = 1_000_000_000
@@ -43,6 +43,7 @@ class Target:
     path: str
     protocol: str = "echo"  # "echo" | "agent" (Deepgram Voice Agent) | "realtime" (OpenAI)
     host: str = "127.0.0.1"
+    tls: bool = False  # wss
 
 
 @dataclass
@@ -133,12 +134,17 @@ class Phases:
     # -- helpers -------------------------------------------------------------------------
 
     def _client(self, target: Target, ph: PhaseState):
+        client: WsClient
         if target.protocol == "agent":
-            return AgentClient(self.loop, target.host, target.port, target.path, ph)
-        if target.protocol == "realtime":
-            return RealtimeClient(self.loop, target.host, target.port, target.path, ph)
-        return EchoClient(self.loop, target.host, target.port, target.path, ph,
-                          self.filler[: ph.frame_bytes - 16])
+            client = AgentClient(self.loop, target.host, target.port, target.path, ph)
+        elif target.protocol == "realtime":
+            client = RealtimeClient(self.loop, target.host, target.port, target.path, ph)
+        else:
+            client = EchoClient(self.loop, target.host, target.port, target.path, ph,
+                                self.filler[: ph.frame_bytes - 16])
+        if target.tls:
+            client.enable_tls()
+        return client
 
     def _ramp(self, clients: list, ph: PhaseState, open_rate: float, timeout: float) -> None:
         """Staggered connects; returns when every session is ready or has failed."""

@@ -11,7 +11,7 @@ port, on the raw epoll loop so it stays cheap under load.
 - a plain `GET /stats` answers JSON counters and the first recorded requests (path, query,
   header names, the Authorization scheme; never a credential value).
 
-Run: `python -m benchmarks.upstream [--port 0]`; it prints `... listening on HOST:PORT (pid N)`.
+Run: `python -m voxgate.bench.upstream [--port 0]`; it prints `... listening on HOST:PORT (pid N)`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from benchmarks.evloop import EPOLLERR_HUP, EPOLLIN, EPOLLOUT, RECV_SIZE, Loop
-from benchmarks.wire import (
+from voxgate.bench.evloop import EPOLLERR_HUP, EPOLLIN, EPOLLOUT, RECV_SIZE, Loop
+from voxgate.bench.wire import (
     HEAD_END,
     MAX_HEAD,
     OP_CLOSE,
