@@ -252,6 +252,12 @@ def check_redis_url(url: str | None) -> str | None:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("--redis-url must start with redis://, rediss:// or unix://")
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError:
+        raise ConfigError("--redis-url is not a valid Redis URL (redis://[:password@]host:port/db)") from None
     return url
 
 

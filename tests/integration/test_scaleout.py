@@ -116,8 +116,8 @@ async def echo_round(client: RawClient, payload: bytes) -> None:
                 return
 
 
-async def test_per_ip_limit_holds_across_three_instances(cluster_factory):
-    cluster = await cluster_factory("--max-sessions-per-ip", "2")
+async def test_per_ip_limits_hold_across_three_instances(cluster_factory):
+    cluster = await cluster_factory("--max-sessions-per-ip", "2", "--max-new-sessions-per-ip-per-minute", "3")
     first, second = await cluster.connect(), await cluster.connect()
     assert (first.status, second.status) == (101, 101)
     sessions = await cluster.wait_listing(lambda s: len(s) == 2, name="c")
@@ -136,6 +136,12 @@ async def test_per_ip_limit_holds_across_three_instances(cluster_factory):
             await rejected(again)
             await trio.sleep(0.2)
     await echo_round(again, b"\x01" * 640)
+    # the new-session rate is shared too: three sessions admitted so far, on three instances
+    await second.close()
+    await cluster.wait_listing(lambda s: len(s) == 1, name="b")
+    refused = await cluster.connect()
+    assert refused.status == 429 and int(refused.header("Retry-After")) >= 1
+    assert (await rejected(refused))["error"] == "ip_rate"
 
 
 async def test_token_max_sessions_and_revocation_across_instances(cluster_factory):
@@ -337,6 +343,7 @@ async def test_revocation_and_usage_work_in_process(gateway_factory, echo):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (("--redis-url", "http://cache:6379"), "--redis-url must start with"),
+    (("--redis-url", "redis://cache:port/0"), "--redis-url is not a valid"),
     (("--redis-failure", "maybe"), "--redis-failure"),
     (("--redis-lease", "0"), "--redis-lease"),
     (("--instance-id", "a b"), "--instance-id"),
