@@ -556,12 +556,14 @@ def _seconds(value: float | None) -> str:
 
 def session_table(rows: list[dict]) -> str:
     """The readable table of `voxgate sessions list`."""
-    head = ("ID", "PROVIDER", "ROUTE", "CLIENT IP", "TOKEN", "AGE s", "AUDIO UP s", "AUDIO DOWN s", "TOKENS", "CHARS")
+    head = ("ID", "PROVIDER", "ROUTE", "CLIENT IP", "TOKEN", "INSTANCE", "AGE s", "AUDIO UP s", "AUDIO DOWN s",
+            "TOKENS", "CHARS")
     lines = [head]
     for r in rows:
         usage = r["usage"]
         lines.append((
-            r["id"], r["provider"], r["route"], r["client_ip"], r["token_label"] or "-", f"{r['duration_s']:.1f}",
+            r["id"], r["provider"], r["route"], r["client_ip"], r["token_label"] or "-", r.get("instance") or "-",
+            f"{r['duration_s']:.1f}",
             _seconds(usage["audio_seconds"]["up"]), _seconds(usage["audio_seconds"]["down"]),
             str(usage["tokens"]["total"]), str(usage["characters"]),
         ))
@@ -578,7 +580,7 @@ def session_table(rows: list[dict]) -> str:
 @click.pass_context
 def sessions_list(ctx: click.Context, provider: str | None, route: str | None, client_ip: str | None,
                   token_label: str | None, as_json: bool) -> None:
-    """Live sessions of every worker, oldest first."""
+    """Live sessions of every worker (of every instance, with --redis-url), oldest first."""
     import json
 
     body = _admin_call(ctx, "GET", "/v1/sessions",

@@ -263,15 +263,34 @@ async def test_redis_outage_is_survived_and_limits_come_back(cluster_factory):
     await echo_round(live, b"\x08" * 640)
 
 
-async def test_redis_failure_closed_answers_503(cluster_factory):
-    cluster = await cluster_factory("--redis-failure", "closed", proxy=False, names=("a",),
-                                    redis_url="redis://127.0.0.1:1/0")
+async def test_redis_failure_closed_refuses_new_sessions_only(cluster_factory):
+    cluster = await cluster_factory("--redis-failure", "closed", proxy=False, names=("a",))
     a = cluster.gateways["a"]
-    client = await RawClient.connect(a.port, LISTEN)
-    cluster.clients.append(client)
-    assert client.status == 503 and client.header("Retry-After") == "2"
+    live = await RawClient.connect(a.port, LISTEN)
+    cluster.clients.append(live)
+    assert live.status == 101
+    await trio.to_thread.run_sync(cluster.redis.stop)
+    await echo_round(live, b"\x09" * 640)
+    with trio.fail_after(5):  # the first refused admission (or the background loop) finds Redis gone
+        while True:
+            client = await RawClient.connect(a.port, LISTEN)
+            cluster.clients.append(client)
+            if client.status == 503:
+                break
+            assert client.status == 101
+    assert client.header("Retry-After") == "2"
     assert (await rejected(client))["error"] == "redis_unavailable"
     assert a.ready()["store"]["redis"] == "down"
+    await echo_round(live, b"\x0a" * 640)  # the live session is untouched
+    await trio.to_thread.run_sync(cluster.redis.start)
+    with trio.fail_after(10):
+        while a.ready()["store"]["redis"] != "up":
+            await trio.sleep(0.2)
+    back = await RawClient.connect(a.port, LISTEN)
+    cluster.clients.append(back)
+    assert back.status == 101
+    status, sessions = await admin(a, "GET", "/v1/sessions")
+    assert {s["instance"] for s in sessions["sessions"]} == {"a"}
 
 
 async def test_usage_totals_equal_what_the_upstreams_saw(cluster_factory):
