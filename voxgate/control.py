@@ -18,6 +18,7 @@ import orjson
 import trio
 
 MAX_MESSAGE = 256 * 1024
+CONTROL_FD_ENV = "VOXGATE_CONTROL_FD"  # tells a worker which inherited fd is its channel end
 _LEN = struct.Struct(">I")
 
 

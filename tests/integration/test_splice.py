@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 
-from tests.splice_support import (
+from tests.support.splice import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,

@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from tests.unit.translator_harness import (
+from tests.support.translator_harness import (
     MANUAL_SETTINGS,
     SESSION_UPDATED,
     SETTINGS,

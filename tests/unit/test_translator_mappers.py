@@ -8,7 +8,7 @@ import math
 import orjson
 import pytest
 
-from tests.unit.translator_harness import Harness
+from tests.support.translator_harness import Harness
 from voxgate.workers.openai.settings_map import (
     DEFAULT_TURN_DETECTION,
     TOOL_RESULTS_SENTENCE,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.translator_harness import (
+from tests.support.translator_harness import (
     MANUAL_SETTINGS,
     SESSION_UPDATED,
     Harness,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from tests.unit.translator_harness import (
+from tests.support.translator_harness import (
     MANUAL_SETTINGS,
     SESSION_UPDATED,
     SETTINGS,

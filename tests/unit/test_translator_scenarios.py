@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from tests.unit.translator_harness import SESSION_UPDATED, Harness, Out
+from tests.support.translator_harness import SESSION_UPDATED, Harness, Out
 from voxgate.workers.openai.translator import CloseClient, SendUpstream
 
 MOCK_TEXT = "Hello from mock"

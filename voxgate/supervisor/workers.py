@@ -18,14 +18,13 @@ from typing import Any
 import trio
 
 from voxgate.config import KEY_VARS, PROVIDERS, WORKER_CONFIG_ENV, Config
-from voxgate.control import Channel, ChannelClosed, make_pair
+from voxgate.control import CONTROL_FD_ENV, Channel, ChannelClosed, make_pair
 from voxgate.logs import EventLog
 from voxgate.supervisor.sessions import SessionRef
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_CAP = 10.0
 STABLE_AFTER = 60.0
-CONTROL_FD_ENV = "VOXGATE_CONTROL_FD"
 
 
 def worker_command(provider: str) -> list[str]:

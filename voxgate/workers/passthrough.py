@@ -67,6 +67,12 @@ def auth_subprotocol(offered: list[str]) -> str | None:
     return None
 
 
+def echo_subprotocol(offered: list[str]) -> str | None:
+    """The subprotocol to answer a Voice Agent client with (P6): a voxgate auth subprotocol,
+    else the first offered entry. Shared by the Deepgram routes and the translator."""
+    return auth_subprotocol(offered) or (offered[0] if offered else None)
+
+
 class EarlyConnect:
     """The upstream connect, started as soon as the session arrives so that it overlaps the
     client's 101; the splice awaits `result()` as its connect step. Whatever happens, the

@@ -20,11 +20,10 @@ import trio
 
 from voxgate import logs
 from voxgate.config import Config
-from voxgate.control import Channel, ChannelClosed
+from voxgate.control import CONTROL_FD_ENV, Channel, ChannelClosed
 from voxgate.workers.handshake import ClientHandshake
 from voxgate.workers.usage import TOKEN_KINDS, Usage
 
-CONTROL_FD_ENV = "VOXGATE_CONTROL_FD"
 CLOSE_AFTER_SHUTDOWN = 3.0
 REPORTS_PER_MESSAGE = 200  # session reports per control message (bounded datagram size)
 

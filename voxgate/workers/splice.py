@@ -37,13 +37,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
 from voxgate.workers.closecodes import map_close_code, safe_reason
-from voxgate.workers.dataplane import HIGH_WATER, Conn, attach
+from voxgate.workers.dataplane import HIGH_WATER, attach
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.frames import (
     OP_BINARY,
@@ -65,6 +65,7 @@ from voxgate.workers.frames import (
     xor_mask_at,
 )
 from voxgate.workers.keyscrub import PIECE, KeyScrubber, generic_close_reason
+from voxgate.workers.legs import Leg, LegPair
 from voxgate.workers.limits import LIMITS
 
 __all__ = ["ClientObserver", "SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
@@ -166,17 +167,13 @@ async def run_splice(
                     await trio.aclose_forcefully(stream)
 
 
-@dataclass(eq=False)
-class _Leg:
-    name: str
-    conn: Conn | None = None
-    out_closed: bool = False  # we sent our close (or can send nothing more)
-    in_closed: bool = False  # nothing more to read (peer's close, EOF, or given up)
-    broken: bool = False  # a frame was cut mid-way: only a TCP close is possible
-    draining: bool = False  # its byte stream cannot be parsed: read and discard until EOF
-    released: bool = False  # its TCP close was started
-    ctrl: list[bytes] = field(default_factory=list)  # control answers held (see _control)
-    ctrl_bytes: int = 0
+class _Leg(Leg):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.broken = False  # a frame was cut mid-way: only a TCP close is possible
+        self.ctrl: list[bytes] = []  # control answers held (see _control)
+        self.ctrl_bytes = 0
 
     def dead(self) -> None:
         self.in_closed = self.out_closed = True
@@ -185,11 +182,8 @@ class _Leg:
         if self.conn is not None:
             self.conn.discard_output()
 
-    def finished(self) -> bool:
-        return self.in_closed and self.out_closed and (self.conn is None or self.conn.flushed())
 
-
-class _Splice:
+class _Splice(LegPair):
     def __init__(
         self,
         client: trio.abc.Stream,
@@ -301,20 +295,6 @@ class _Splice:
         self.stats.end_reason = reason
         self.closing.set()
         return True
-
-    def _check(self) -> None:
-        """Close the TCP of each leg whose closing handshake is over (and flushed)."""
-        done = True
-        for leg in (self.c, self.up):
-            if leg.finished():
-                if not leg.released:
-                    leg.released = True
-                    if leg.conn is not None:
-                        self.nursery.start_soon(leg.conn.aclose)
-            else:
-                done = False
-        if done:
-            self.all_done.set()
 
     def _flow(self) -> None:
         """Backpressure: which legs are read (see the module docstring)."""

@@ -15,7 +15,7 @@ from voxgate.workers.limits import limit_for
 from voxgate.workers.passthrough import (
     GATEWAY_PARAMS,
     UpstreamProfile,
-    auth_subprotocol,
+    echo_subprotocol,
     strip_params,
 )
 from voxgate.workers.runtime import Session
@@ -57,11 +57,6 @@ def agent_failure(err: UpstreamConnectError) -> list[bytes]:
 def agent_limit(code: str) -> list[bytes]:
     limit = limit_for(code)
     return [error_payload(limit.description, limit.code)]
-
-
-def choose_subprotocol(offered: list[str]) -> str | None:
-    """P6: echo a voxgate auth subprotocol, else the first offered entry."""
-    return auth_subprotocol(offered) or (offered[0] if offered else None)
 
 
 def _query_rate(query: list[tuple[str, str]], default_encoding: str | None = None) -> float | None:
@@ -123,7 +118,7 @@ def profile_for(session: Session) -> UpstreamProfile:
         url=upstream_url(config, kind),
         query=strip_params(request.query, DROP_PARAMS),
         headers=[("Authorization", f"Token {config.deepgram_key}"), ("User-Agent", "voxgate")],
-        subprotocol=choose_subprotocol(request.subprotocols),
+        subprotocol=echo_subprotocol(request.subprotocols),
         failure_payloads=agent_failure if is_agent else (lambda err: []),
         limit_payloads=agent_limit if is_agent else (lambda code: []),
         observer=observer,

@@ -25,8 +25,7 @@ from typing import Any
 import trio
 
 from voxgate.policy import rules_for
-from voxgate.workers.dataplane import HIGH_WATER, Conn, attach
-from voxgate.workers.deepgram.service import choose_subprotocol
+from voxgate.workers.dataplane import HIGH_WATER, attach
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.frames import (
     OP_BINARY,
@@ -40,6 +39,7 @@ from voxgate.workers.frames import (
     build_frame,
 )
 from voxgate.workers.handshake import open_upstream
+from voxgate.workers.legs import Leg, LegPair
 from voxgate.workers.openai import realtime
 from voxgate.workers.openai.translator import (
     Action,
@@ -53,6 +53,7 @@ from voxgate.workers.openai.translator import (
     Translator,
     dialect_for_path,
 )
+from voxgate.workers.passthrough import echo_subprotocol
 from voxgate.workers.runtime import Session
 from voxgate.workers.usage import bytes_per_second
 
@@ -63,24 +64,15 @@ CLIENT_OUT_BOUND = 4 * HIGH_WATER
 answers: pongs and Errors must not pile up)."""
 
 
-class _Leg:
-    """One side of a translator session."""
-
-    __slots__ = ("conn", "reader", "out_closed", "in_closed", "draining", "released")
+class _Leg(Leg):
+    """One side of a translator session: a leg plus its message reader."""
 
     def __init__(self, reader: MessageReader) -> None:
-        self.conn: Conn | None = None
+        super().__init__()
         self.reader = reader
-        self.out_closed = False  # our close was sent (or nothing can be sent any more)
-        self.in_closed = False  # nothing more to read
-        self.draining = False  # unparseable: read and discard until EOF
-        self.released = False  # its TCP close was started
-
-    def finished(self) -> bool:
-        return self.in_closed and self.out_closed and (self.conn is None or self.conn.flushed())
 
 
-class TranslatorSession:
+class TranslatorSession(LegPair):
     """One `/openai` connection: client leg, upstream leg, the core between them."""
 
     def __init__(self, session: Session) -> None:
@@ -205,20 +197,6 @@ class TranslatorSession:
             conn.shutdown_after_flush()
         self._check()
 
-    def _check(self) -> None:
-        """Close the TCP of each leg whose closing handshake is over (and flushed)."""
-        done = True
-        for leg in (self.c, self.up):
-            if leg.finished():
-                if not leg.released:
-                    leg.released = True
-                    if leg.conn is not None:
-                        self.nursery.start_soon(leg.conn.aclose)
-            else:
-                done = False
-        if done:
-            self.all_done.set()
-
     def _flow(self) -> None:
         """Backpressure: a leg is not read while its peer's queue is over HIGH_WATER; the
         client also not while too much waits for the upstream to be ready (D30)."""
@@ -332,7 +310,7 @@ class TranslatorSession:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
-                    await session.handshake.accept(stream, choose_subprotocol(session.handshake.request.subprotocols))
+                    await session.handshake.accept(stream, echo_subprotocol(session.handshake.request.subprotocols))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     session.summary["end"] = "client gone before accept"
                     nursery.cancel_scope.cancel()
