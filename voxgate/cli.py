@@ -135,6 +135,15 @@ GATEWAY_OPTIONS: list[Callable] = [
                  help="Concurrent sessions per client IP (over it: 429)."),
     click.option("--max-new-sessions-per-ip-per-minute", envvar="VOXGATE_MAX_NEW_SESSIONS_PER_IP_PER_MINUTE",
                  type=click.IntRange(1), default=None, help="New sessions per client IP per minute (token bucket; 429)."),
+    click.option("--redis-url", envvar="VOXGATE_REDIS_URL", default=None,
+                 help="Redis shared by every instance: limits, budgets, sessions, revocations (unset: in-process)."),
+    click.option("--redis-failure", envvar="VOXGATE_REDIS_FAILURE", type=click.Choice(["open", "closed"]),
+                 default="open", show_default=True,
+                 help="Redis unreachable: admit with per-instance limits (open) or answer 503 (closed)."),
+    click.option("--redis-lease", envvar="VOXGATE_REDIS_LEASE", type=click.FloatRange(1, 600), default=15.0,
+                 show_default=True, help="Seconds a crashed instance's sessions keep their shared slots."),
+    click.option("--instance-id", envvar="VOXGATE_INSTANCE_ID", default=None,
+                 help="This instance's name in the shared session list (default: host name and PID)."),
     click.option("--trust-proxy-headers/--no-trust-proxy-headers", envvar="VOXGATE_TRUST_PROXY_HEADERS",
                  default=False, show_default=True,
                  help="Take the client IP from the last X-Forwarded-For hop (only behind your own proxy)."),
@@ -229,10 +238,39 @@ def build_config(opts: dict[str, Any]) -> Config:
         token_max_audio_seconds=opts["token_max_audio_seconds"],
         token_max_tokens=opts["token_max_tokens"],
         on_session_limit=opts["on_session_limit"],
+        redis_url=check_redis_url(opts["redis_url"]),
+        redis_failure=opts["redis_failure"],
+        redis_lease=opts["redis_lease"],
+        instance_id=check_instance_id(opts["instance_id"]),
         session_policy=load_policy(opts["session_policy"]) if opts["session_policy"] else None,
         log_level=opts["log_level"].lower(),
         log_format=resolve_log_format(opts["log_format"]),
     )
+
+
+def check_redis_url(url: str | None) -> str | None:
+    """A redis:// (or rediss://, unix://) URL, or None for in-process state."""
+    url = (url or "").strip()
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("--redis-url must start with redis://, rediss:// or unix://")
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError:
+        raise ConfigError("--redis-url is not a valid Redis URL (redis://[:password@]host:port/db)") from None
+    return url
+
+
+def check_instance_id(value: str | None) -> str:
+    import socket
+
+    value = (value or "").strip() or f"{socket.gethostname()}-{os.getpid()}"
+    if len(value) > 128 or not all(c.isalnum() or c in "._-" for c in value):
+        raise ConfigError("--instance-id must be 1-128 letters, digits or ._-")
+    return value
 
 
 def check_tls(cert: str | None, key: str | None) -> None:
@@ -407,6 +445,10 @@ def describe(config: Config) -> list[str]:
         f"({config.on_session_limit}), session {_off(config.token_max_session_seconds)}, "
         f"audio {_off(config.token_max_audio_seconds)}, tokens {config.token_max_tokens or 'unlimited'}; "
         f"session policy {'on for ' + ', '.join(config.session_policy['paths']) if config.session_policy else 'off'}",
+        "shared state " + (
+            f"on Redis as instance {config.instance_id} (lease {config.redis_lease:g}s, "
+            f"redis failure {config.redis_failure})" if config.redis_url else "in-process (no --redis-url)"
+        ),
     ]
     return [*startup_notes(config), *lines]
 
@@ -526,12 +568,14 @@ def _seconds(value: float | None) -> str:
 
 def session_table(rows: list[dict]) -> str:
     """The readable table of `voxgate sessions list`."""
-    head = ("ID", "PROVIDER", "ROUTE", "CLIENT IP", "TOKEN", "AGE s", "AUDIO UP s", "AUDIO DOWN s", "TOKENS", "CHARS")
+    head = ("ID", "PROVIDER", "ROUTE", "CLIENT IP", "TOKEN", "INSTANCE", "AGE s", "AUDIO UP s", "AUDIO DOWN s",
+            "TOKENS", "CHARS")
     lines = [head]
     for r in rows:
         usage = r["usage"]
         lines.append((
-            r["id"], r["provider"], r["route"], r["client_ip"], r["token_label"] or "-", f"{r['duration_s']:.1f}",
+            r["id"], r["provider"], r["route"], r["client_ip"], r["token_label"] or "-", r.get("instance") or "-",
+            f"{r['duration_s']:.1f}",
             _seconds(usage["audio_seconds"]["up"]), _seconds(usage["audio_seconds"]["down"]),
             str(usage["tokens"]["total"]), str(usage["characters"]),
         ))
@@ -548,7 +592,7 @@ def session_table(rows: list[dict]) -> str:
 @click.pass_context
 def sessions_list(ctx: click.Context, provider: str | None, route: str | None, client_ip: str | None,
                   token_label: str | None, as_json: bool) -> None:
-    """Live sessions of every worker, oldest first."""
+    """Live sessions of every worker (of every instance, with --redis-url), oldest first."""
     import json
 
     body = _admin_call(ctx, "GET", "/v1/sessions",

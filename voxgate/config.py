@@ -23,7 +23,7 @@ NO_KEY_MESSAGE = (
     "(set it in the environment, a .env file, or --openai-key-file/--deepgram-key-file)"
 )
 WORKER_CONFIG_ENV = "VOXGATE_WORKER_CONFIG"
-SECRET_FIELDS = ("openai_key", "deepgram_key", "client_tokens", "token_secret", "admin_token")
+SECRET_FIELDS = ("openai_key", "deepgram_key", "client_tokens", "token_secret", "admin_token", "redis_url")
 RESERVED_PATHS = (
     "/openai", "/healthz", "/health", "/readyz", "/ready", "/metrics", "/v1/tokens", "/v1/sessions",
     "/v1/realtime/client_secrets",
@@ -141,12 +141,21 @@ class Config:
     token_max_tokens: int | None = None
     on_session_limit: str = "reject"  # reject | replace-oldest
     session_policy: dict | None = None  # parsed --session-policy (voxgate.policy)
+    # scale-out (issue 12): unset redis_url = everything in this process
+    redis_url: str | None = field(default=None, repr=False)
+    redis_failure: str = "open"  # open | closed
+    redis_lease: float = 15.0
+    instance_id: str = ""
     demo_page: bool = False
 
     def secrets(self) -> list[str]:
         """Every secret this config holds, for log scrubbing."""
         tokens = [split_static_token(t, i)[1] for i, t in enumerate(self.client_tokens)]
         values = [self.openai_key, self.deepgram_key, self.token_secret, self.admin_token, *self.client_tokens, *tokens]
+        if self.redis_url:
+            from urllib.parse import urlsplit
+
+            values += [self.redis_url, urlsplit(self.redis_url).password]
         return [v for v in values if v]
 
     def key_for(self, provider: str) -> str | None:

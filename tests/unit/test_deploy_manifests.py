@@ -48,6 +48,8 @@ def load_docs() -> list[dict]:
 
 def the(kind: str) -> dict:
     found = [d for d in load_docs() if d.get("kind") == kind]
+    if len(found) > 1:  # the gateway's own, next to Redis's (redis.yaml)
+        found = [d for d in found if d["metadata"]["name"] == "voxgate"]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
@@ -247,3 +249,58 @@ def test_dockerfile_runs_as_non_root_and_health_checks_healthz():
 
 def test_the_image_command_is_a_real_cli_command():
     assert isinstance(voxgate_cli.cli.commands.get("serve"), click.Command)
+
+
+# -- scale-out: Redis, the autoscaler, compose + HAProxy (issue 12) -------------------------
+
+
+def test_deployment_points_at_the_redis_the_manifests_run():
+    env = container_env()
+    url = env["VOXGATE_REDIS_URL"]["value"]
+    svc = next(d for d in load_docs() if d["kind"] == "Service" and d["metadata"]["name"] == "voxgate-redis")
+    sts = next(d for d in load_docs() if d["kind"] == "StatefulSet")
+    host, port = url.removeprefix("redis://").split("/")[0].split(":")
+    assert host == svc["metadata"]["name"] and int(port) == svc["spec"]["ports"][0]["port"]
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    assert env["VOXGATE_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["VOXGATE_REDIS_FAILURE"]["value"] in serve_choices("redis_failure")
+    kustomized = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))["resources"]
+    assert {"redis.yaml", "hpa.yaml"} <= set(kustomized)
+
+
+def serve_choices(name: str) -> list[str]:
+    return list(next(p.type.choices for p in voxgate_cli.serve.params if p.name == name))
+
+
+def test_autoscaler_scales_the_deployment_on_a_metric_the_gateway_exports():
+    from voxgate.supervisor.metrics import Metrics
+
+    hpa = the("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == the("Deployment")["metadata"]["name"]
+    names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
+    exported = Metrics().render({}).decode()
+    for name in names:
+        assert f"# TYPE {name} gauge" in exported, f"{name} is not an exported gauge"
+
+
+def test_compose_runs_three_instances_on_one_redis_behind_the_tests_haproxy_config():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    gateways = {name: svc for name, svc in services.items() if name.startswith("voxgate-")}
+    assert len(gateways) == 3
+    known = cli_env_vars()
+    for svc in gateways.values():
+        env = svc["environment"]
+        assert env["VOXGATE_REDIS_URL"].startswith("redis://redis:")
+        assert set(env) - known == set(), "compose sets variables voxgate never reads"
+    ids = {svc["environment"]["VOXGATE_INSTANCE_ID"] for svc in gateways.values()}
+    assert len(ids) == 3
+    proxy = services["haproxy"]
+    source = proxy["volumes"][0].split(":")[0]
+    assert (DEPLOY / source).resolve() == (DEPLOY / "haproxy" / "haproxy.cfg").resolve()
+    backends = {proxy["environment"][f"VOXGATE_{x}"].split(":")[0] for x in "ABC"}
+    assert backends == set(gateways)
+    cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text(encoding="utf-8")
+    for var in ("HAPROXY_BIND", "VOXGATE_A", "VOXGATE_B", "VOXGATE_C"):
+        assert f'"${{{var}}}"' in cfg
+    assert "balance roundrobin" in cfg and "timeout tunnel" in cfg

@@ -260,7 +260,7 @@ class Admission:
 
     def check(
         self, head: Head, query: list[tuple[str, str]], provider: str, ip: str, *,
-        total_sessions: int, ip_sessions: int, now: float,
+        total_sessions: int, ip_sessions: int, now: float, caps: bool = True,
     ) -> Rejection | None:
         origin = head.header("origin")
         token = offered_token(head, query)
@@ -274,6 +274,16 @@ class Admission:
                 return Rejection(401, "token_missing", "A client token is required")
             if not self._token_ok(token, origin, provider):
                 return Rejection(401, "token_invalid", "Invalid or expired client token")
+        if not caps:
+            return None
+        return self.check_caps(ip, total_sessions=total_sessions, ip_sessions=ip_sessions, now=now)
+
+    def check_identity(self, head: Head, query: list[tuple[str, str]], provider: str) -> Rejection | None:
+        """Origin and client token only (403/401); the caps are the store's."""
+        return self.check(head, query, provider, "", total_sessions=0, ip_sessions=0, now=0.0, caps=False)
+
+    def check_caps(self, ip: str, *, total_sessions: int, ip_sessions: int, now: float) -> Rejection | None:
+        """This process's global and per-IP caps and per-IP rate."""
         cfg = self.config
         if cfg.max_sessions is not None and total_sessions >= cfg.max_sessions:
             return Rejection(503, "global_sessions", "The gateway is at its session limit", retry_after=5)

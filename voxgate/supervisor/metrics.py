@@ -52,6 +52,9 @@ class Metrics:
             "voxgate_sessions_stopped", "Sessions ended by the gateway (operator, budget, replaced)",
             ["reason"], registry=r,
         )
+        self.redis_errors = Counter(
+            "voxgate_redis_errors", "Failed calls to the shared Redis (--redis-url)", registry=r
+        )
         # every label set the dashboards use exists from the start (no series appears late)
         for provider, route in (("openai", "translate"), ("openai", "realtime"), ("deepgram", "agent"),
                                 ("deepgram", "listen"), ("deepgram", "speak"), ("deepgram", "listen_v2"),

@@ -11,6 +11,7 @@ import hmac
 import signal
 import socket
 import ssl
+import time
 import uuid
 from typing import Any
 
@@ -27,8 +28,6 @@ from voxgate.supervisor.admission import (
     Admission,
     AdmissionConfig,
     Budget,
-    BudgetRejection,
-    Rejection,
     TokenInfo,
     mint_token,
 )
@@ -36,17 +35,29 @@ from voxgate.supervisor.http import Head, HeadError, read_head, response
 from voxgate.supervisor.metrics import Metrics
 from voxgate.supervisor.page import PAGE_HEADERS, REFUSAL_PATH, Refusals, load_page
 from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
-from voxgate.supervisor.sessions import Ledger, SessionRef, exhausted, parse_filters
+from voxgate.supervisor.sessions import SessionRef, Spent, entry_matches, exhausted, parse_filters
+from voxgate.supervisor.store import LocalStore, Ticket, token_id
 from voxgate.supervisor.tlspump import pump_tls
 from voxgate.supervisor.workers import ProviderPool, Worker
 
 HANDOFF_ATTEMPTS = 3
 SESSIONS_PATH = "/v1/sessions"
+TOKENS_PATH = "/v1/tokens/"
+USAGE_PATH = "/v1/usage"
 CLIENT_SECRETS_PATH = "/v1/realtime/client_secrets"
 CLIENT_SECRET_TTL_DEFAULT = 600  # OpenAI's default for client secrets
 MAX_POST_BODY = 64 << 10
 """A POST body is read whole before the hand-off (token requests; WebRTC SDP offers, which
 with a session configuration run to a few KiB)."""
+
+
+def make_store(server: Supervisor) -> LocalStore:
+    """In-process unless --redis-url names a Redis shared with other instances."""
+    if not server.config.redis_url:
+        return LocalStore(server)
+    from voxgate.supervisor.redis_store import RedisStore
+
+    return RedisStore(server)
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -81,6 +92,7 @@ class Supervisor:
                 on_restart=lambda p: self.metrics.restarts.labels(p).inc(),
                 on_heartbeat=self.metrics.fold_heartbeat,
                 on_report=self.on_report,
+                on_end=lambda ref: self.store.ended(ref),
             )
             for provider in config.enabled_providers
         }
@@ -111,12 +123,12 @@ class Supervisor:
                 ),
             )
         )
-        self.ledger = Ledger()
+        self.store = make_store(self)
         self._nursery: trio.Nursery | None = None
         for provider in self.pools:
             self.metrics.restarts.labels(provider)
         for reason in ("origin", "token_missing", "token_invalid", "global_sessions", "ip_sessions", "ip_rate",
-                       "draining", "admin_token", "budget"):
+                       "draining", "admin_token", "budget", "redis_unavailable"):
             self.metrics.rejections.labels(reason)
 
     # -- plain HTTP ---------------------------------------------------------------------
@@ -149,7 +161,7 @@ class Supervisor:
             status = "ready" if not down else ("degraded" if ok else "not_ready")
         body = {
             "status": status, "ready": ok, "not_ready": down,
-            "port": self.port, "https": self.tls, "services": services,
+            "port": self.port, "https": self.tls, "services": services, "store": self.store.readiness(),
         }
         return (200 if ok else 503), body
 
@@ -236,7 +248,8 @@ class Supervisor:
         token, expires = mint_token(
             cfg.token_secret, ttl=ttl, origin=origin, provider=provider, label=label, budget=budget
         )
-        return response(200, {"token": token, "expires_at": expires, "ttl": ttl}, tls=self.tls)
+        ident = token_id(self.admission.token_info(token, origin, provider))
+        return response(200, {"token": token, "id": ident, "expires_at": expires, "ttl": ttl}, tls=self.tls)
 
     def client_secret(self, head: Head) -> bytes:
         """POST /v1/realtime/client_secrets in OpenAI's request and response shapes, so a backend
@@ -363,6 +376,9 @@ class Supervisor:
         elif path == SESSIONS_PATH or path.startswith(SESSIONS_PATH + "/"):
             await self._send(stream, await self.sessions_api(head, path, query))
             return None
+        elif path == USAGE_PATH or path.startswith(TOKENS_PATH):
+            await self._send(stream, await self.admin_api(head, path))
+            return None
         else:
             route = self.router.http_route(head.method, path)  # admitted like any session
             if route is None:
@@ -382,13 +398,15 @@ class Supervisor:
             await self._send(stream, response(503, {"error": "draining"}, headers=[("Retry-After", "5")], tls=self.tls))
             return None
         ip = self.admission.client_ip(head, peer_ip)
-        rejection = self.admission.check(
-            head, query, route.provider, ip,
-            total_sessions=self.total_sessions(), ip_sessions=self.ip_sessions(ip), now=trio.current_time(),
+        rejection = self.admission.check_identity(head, query, route.provider)
+        ticket = Ticket(
+            uuid.uuid4().hex[:16], ip, route.provider, route.kind,
+            self.admission.identify(head, query, route.provider) if rejection is None else None,
+            origin=head.header("origin"),
         )
-        token = self.admission.identify(head, query, route.provider) if rejection is None else None
-        if token is not None:
-            rejection = self.budget_admission(token)
+        ticket.trace = (first_value(query, "traceId") or head.header("x-trace-id") or ticket.sid)[:128]
+        if rejection is None:
+            rejection = await self.store.admit(ticket, trio.current_time())
         if rejection is not None:
             self.metrics.rejections.labels(rejection.reason).inc()
             self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason,
@@ -397,7 +415,14 @@ class Supervisor:
             if self.page:
                 self.refusals.note(ip, rejection.status, rejection.body(), trio.current_time())
             return None
-        return await self._hand_off(stream, head, route, pool, query, ip, token)
+        try:
+            handed = await self._hand_off(stream, head, route, pool, ticket)
+        except BaseException:
+            self.store.abandoned(ticket)
+            raise
+        if handed is None:
+            self.store.abandoned(ticket)
+        return handed
 
     def total_sessions(self) -> int:
         return sum(w.load for pool in self.pools.values() for w in pool.workers())
@@ -408,14 +433,12 @@ class Supervisor:
         )
 
     async def _hand_off(
-        self, stream: trio.abc.Stream, head: Head, route: Route, pool: ProviderPool,
-        query: list[tuple[str, str]], ip: str, token: TokenInfo | None = None,
+        self, stream: trio.abc.Stream, head: Head, route: Route, pool: ProviderPool, ticket: Ticket,
     ) -> trio.SocketStream | None:
-        sid = uuid.uuid4().hex[:16]
-        trace = first_value(query, "traceId") or head.header("x-trace-id") or sid
+        sid, ip, token = ticket.sid, ticket.ip, ticket.token
         header = {
             "t": "conn", "sid": sid, "route": route.kind, "peer": ip,
-            "head_len": head.head_len, "trace": trace[:128], "tls": self.tls,
+            "head_len": head.head_len, "trace": ticket.trace, "tls": self.tls,
         }
         if token is not None:
             header["label"] = token.label
@@ -443,6 +466,7 @@ class Supervisor:
                 if ours is not stream:
                     ours.socket.close()
                 continue
+            self.store.started(ticket, ref)
             self.metrics.sessions_total.labels(route.provider, route.kind).inc()
             self.log.debug("handed off", sid=sid, trace=header["trace"], route=route.name, worker=worker.worker_id)
             return ours
@@ -465,36 +489,20 @@ class Supervisor:
             return
         try:
             self.metrics.fold_usage(ref.provider, ref.route, ref.usage, usage)
-            spent = self.ledger.add(ref.token.key, ref.usage, usage) if ref.token else None
+            spent = self.store.add_usage(ref, ref.usage, usage)
         except (KeyError, TypeError):
             self.log.warning("malformed session report", sid=ref.sid)
             return
         ref.usage = usage
         if ref.token is not None and spent is not None:
-            limit = exhausted(ref.token.budget, spent)
-            if limit is not None:
-                victims = [r for r in self.live_sessions() if r.token and r.token.key == ref.token.key]
-                self.stop_sessions(victims, "budget_exhausted", limit=limit)
+            self.enforce_budget(ref.token, spent)
 
-    def budget_admission(self, token: TokenInfo) -> Rejection | None:
-        """429 naming the limit when the token may not open another session; with
-        `--on-session-limit replace-oldest` the oldest sessions make room instead."""
-        budget = token.budget
-        limit = exhausted(budget, self.ledger.spent(token.key))
-        if limit is None and budget.max_sessions is not None:
-            live = sorted(
-                (r for r in self.live_sessions() if r.token and r.token.key == token.key and not r.stopping),
-                key=lambda r: r.started,
-            )
-            excess = len(live) - budget.max_sessions + 1
-            if excess > 0:
-                if self.config.on_session_limit != "replace-oldest":
-                    limit = "max_sessions"
-                else:
-                    self.stop_sessions(live[:excess], "replaced")
-        if limit is None:
-            return None
-        return BudgetRejection(429, "budget", f"The client token's {limit} budget is used up", limit=limit)
+    def enforce_budget(self, token: TokenInfo, spent: Spent) -> None:
+        """End this instance's sessions of a token whose lifetime budget is used up."""
+        limit = exhausted(token.budget, spent)
+        if limit is not None:
+            victims = [r for r in self.live_sessions() if r.token and r.token.key == token.key]
+            self.stop_sessions(victims, "budget_exhausted", limit=limit)
 
     def stop_sessions(self, refs: list[SessionRef], reason: str, **fields: Any) -> int:
         """Tell each session's worker to end it with `reason` (once per session)."""
@@ -535,27 +543,47 @@ class Supervisor:
         if isinstance(filters, str):
             return self._bad(filters)
         sid = path[len(SESSIONS_PATH) + 1 :] if path != SESSIONS_PATH else None
-        live = self.live_sessions()
-        if head.method == "GET" and sid is None:
-            listed = sorted((r for r in live if r.matches(filters)), key=lambda r: r.started)
-            return response(200, {"sessions": [r.describe() for r in listed]}, tls=self.tls)
-        if head.method != "DELETE":
+        if head.method not in ("GET", "DELETE") or (head.method == "GET" and sid is not None):
             return response(405, {"error": "method_not_allowed", "message": "use GET or DELETE"},
                             headers=[("Allow", "GET, DELETE")], tls=self.tls)
+        live = await self.store.sessions()
+        if head.method == "GET":
+            listed = [e for e in live if entry_matches(e, filters)]
+            return response(200, {"sessions": listed}, tls=self.tls)
         if sid is not None:
-            matched = [r for r in live if r.sid == sid]
+            matched = [e for e in live if e["id"] == sid]
             if not matched:
                 return response(404, {"error": "not_found", "message": "no live session with that id"}, tls=self.tls)
         elif not filters:
             return self._bad("name the sessions to end: a session id, or ?client_ip=, ?token_label=, ?provider=")
         else:  # sessions already ending are not counted again
-            matched = [r for r in live if r.matches(filters) and r.stopping is None]
-        self.stop_sessions(matched, "terminated")
-        return response(200, {"ended": len(matched), "ids": [r.sid for r in matched]}, tls=self.tls)
+            matched = [e for e in live if entry_matches(e, filters) and e.get("ending") is None]
+        await self.store.stop(matched, "terminated")
+        return response(200, {"ended": len(matched), "ids": [e["id"] for e in matched]}, tls=self.tls)
+
+    async def admin_api(self, head: Head, path: str) -> bytes:
+        """DELETE /v1/tokens/{id} (revocation) and GET /v1/usage (totals, shared with Redis)."""
+        if not self.config.admin_token:
+            return response(404, "Not Found", tls=self.tls)
+        if not self.admin_ok(head):
+            return self._unauthorized()
+        if path == USAGE_PATH:
+            if head.method != "GET":
+                return response(405, "Method Not Allowed", headers=[("Allow", "GET")], tls=self.tls)
+            return response(200, await self.store.usage(), tls=self.tls)
+        if head.method != "DELETE":
+            return response(405, "Method Not Allowed", headers=[("Allow", "DELETE")], tls=self.tls)
+        ident = path[len(TOKENS_PATH):]
+        if not ident or len(ident) > 64 or not ident.replace("-", "").replace("_", "").isalnum():
+            return self._bad("name the token by the id POST /v1/tokens returned")
+        ended = await self.store.revoke(ident, time.time() + TOKEN_TTL_MAX)
+        self.log.info("token revoked", token_id=ident, ended=ended)
+        return response(200, {"revoked": ident, "ended": ended}, tls=self.tls)
 
     async def run(self, listeners: list[trio.SocketListener], task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.store.run)
             for pool in self.pools.values():
                 nursery.start_soon(pool.run)
             serve_scope = trio.CancelScope()

@@ -53,16 +53,9 @@ class SessionRef:
         return self.token.label if self.token else None
 
     def matches(self, filters: dict[str, str]) -> bool:
-        for name, wanted in filters.items():
-            if name == "provider" and self.provider != wanted:
-                return False
-            if name == "route" and wanted not in (self.route, f"{self.provider}.{self.route}"):
-                return False
-            if name == "client_ip" and self.ip != wanted:
-                return False
-            if name == "token_label" and self.label != wanted:
-                return False
-        return True
+        return entry_matches(
+            {"provider": self.provider, "route": self.route, "client_ip": self.ip, "token_label": self.label}, filters
+        )
 
     def describe(self) -> dict[str, Any]:
         """One entry of `GET /v1/sessions` (never a token, only its label)."""
@@ -76,6 +69,17 @@ class SessionRef:
             "frames_up": frames_up, "frames_down": frames_down, "bytes_up": bytes_up, "bytes_down": bytes_down,
             "usage": self.usage, "ending": self.stopping,
         }
+
+
+def entry_matches(entry: dict[str, Any], filters: dict[str, str]) -> bool:
+    """A `GET /v1/sessions` entry (from any instance) passes the admin API's filters."""
+    for name, wanted in filters.items():
+        if name == "route":
+            if wanted not in (entry.get("route"), f"{entry.get('provider')}.{entry.get('route')}"):
+                return False
+        elif entry.get(name) != wanted:
+            return False
+    return True
 
 
 def audio_seconds(usage: dict[str, Any]) -> float:

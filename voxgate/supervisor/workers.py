@@ -230,6 +230,8 @@ class Slot:
     async def _reap(self, worker: Worker) -> None:
         worker.state = "gone"
         worker.fail_pending()
+        for ref in worker.sessions.values():
+            self.pool.on_end(ref)
         worker.sessions.clear()
         if worker.process.returncode is None:
             _kill(worker.process)
@@ -272,6 +274,8 @@ class Slot:
                 ref = worker.sessions.pop(msg.header.get("sid", ""), None)
                 if ref is not None and isinstance(msg.header.get("report"), dict):
                     self.pool.on_report(ref, msg.header["report"])
+                if ref is not None:
+                    self.pool.on_end(ref)
 
     async def _watchdog(self, worker: Worker) -> None:
         timeout = self.pool.config.worker_timeout
@@ -370,6 +374,7 @@ class ProviderPool:
         on_restart: Callable[[str], None] = lambda provider: None,
         on_heartbeat: Callable[[str, dict], None] = lambda provider, stats: None,
         on_report: Callable[[SessionRef, dict], None] = lambda ref, report: None,
+        on_end: Callable[[SessionRef], None] = lambda ref: None,
     ) -> None:
         self.provider = provider
         self.config = config
@@ -378,6 +383,7 @@ class ProviderPool:
         self.on_restart = on_restart
         self.on_heartbeat = on_heartbeat
         self.on_report = on_report
+        self.on_end = on_end
         self._changed = trio.Event()
 
     def changed(self) -> None:
