@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from tests.support.parts import missing_part
 
 HAPROXY_CFG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 PACKAGES = {"redis-server": "redis-server", "haproxy": "haproxy"}
@@ -24,7 +24,8 @@ def require_binaries() -> None:
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, timeout=300)
     still = [binary for binary in PACKAGES if not _which(binary)]
     if still:
-        pytest.skip(f"needs {', '.join(still)} (apt-get install -y redis-server haproxy)")
+        missing_part(f"needs {', '.join(still)} (apt-get install -y redis-server haproxy)")
+
 
 
 def _which(binary: str) -> str | None:
