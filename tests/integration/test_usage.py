@@ -120,16 +120,7 @@ async def test_deepgram_agent_listen_speak(gw, nursery):
         await wait_sessions(gw, lambda s: any(x["route"] == "listen" and x["usage"]["audio_bytes"]["up"] == 8000
                                               for x in s))
     async with tws.open_websocket_url(gw.url("/deepgram-proxy/v1/speak?encoding=linear16&sample_rate=16000")) as ws:
-        await ws.send_message(orjson.dumps({"type": "Speak", "text": "Hello there"}).decode())
-        await ws.send_message('{"type": "Flush"}')
-        audio = 0
-        with trio.fail_after(5):
-            while True:
-                msg = await ws.get_message()
-                if isinstance(msg, bytes):
-                    audio += len(msg)
-                elif orjson.loads(msg).get("type") == "Flushed":
-                    break
+        audio = await speak_until_flushed(ws, "Hello there")
         [speak] = await wait_sessions(gw, lambda s: any(x["route"] == "speak" and x["usage"]["audio_bytes"]["down"] == audio
                                                         for x in s))
         assert speak["usage"]["characters"] == len("Hello there")
@@ -141,6 +132,20 @@ async def test_deepgram_agent_listen_speak(gw, nursery):
     assert metric(gw, "voxgate_usage_audio_seconds_total", provider="deepgram", route="agent",
                   direction="up") == pytest.approx(2.0, abs=0.1)
     assert metric(gw, "voxgate_usage_characters_total", provider="deepgram") == 11
+
+
+async def speak_until_flushed(ws, text: str) -> int:
+    """Speak `text`, Flush, and count the audio bytes that arrive before `Flushed`."""
+    await ws.send_message(orjson.dumps({"type": "Speak", "text": text}).decode())
+    await ws.send_message('{"type": "Flush"}')
+    audio = 0
+    with trio.fail_after(5):
+        while True:
+            msg = await ws.get_message()
+            if isinstance(msg, bytes):
+                audio += len(msg)
+            elif orjson.loads(msg).get("type") == "Flushed":
+                return audio
 
 
 async def test_raw_relay_tokens_with_the_sdk(gw, openai_sim):
@@ -169,16 +174,7 @@ async def test_flux_and_speak_v2(gw):
         [flux] = await wait_sessions(gw, lambda s: any(x["usage"]["audio_bytes"]["up"] == 7 * FRAME for x in s))
         assert flux["route"] == "listen_v2" and flux["usage"]["audio_seconds"]["up"] == 0.7
     async with tws.open_websocket_url(gw.url("/deepgram-proxy/v2/speak?model=flux-thalia-en")) as ws:
-        await ws.send_message(orjson.dumps({"type": "Speak", "text": "Flux too"}).decode())
-        await ws.send_message('{"type": "Flush"}')
-        audio = 0
-        with trio.fail_after(5):
-            while True:
-                msg = await ws.get_message()
-                if isinstance(msg, bytes):
-                    audio += len(msg)
-                elif orjson.loads(msg).get("type") == "Flushed":
-                    break
+        audio = await speak_until_flushed(ws, "Flux too")
         [speak] = await wait_sessions(gw, lambda s: any(x["usage"]["audio_bytes"]["down"] == audio for x in s))
         assert speak["usage"]["characters"] == len("Flux too")
         assert speak["usage"]["audio_seconds"]["down"] == pytest.approx(audio / 48000, abs=0.001)  # 24 kHz default

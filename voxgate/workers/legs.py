@@ -35,6 +35,15 @@ class LegPair:
     nursery: trio.Nursery
     all_done: trio.Event
 
+    def _write_close(self, leg: Leg, conn: Conn, frame: bytes) -> None:
+        """Queue our close frame on `leg`; a leg being drained then gets EOF once it is out."""
+        conn.write(frame)
+        if conn.broken:
+            leg.in_closed = True
+        elif leg.draining:
+            conn.shutdown_after_flush()
+        self._check()
+
     def _check(self) -> None:
         """Close the TCP of each leg whose closing handshake is over (and flushed)."""
         done = True

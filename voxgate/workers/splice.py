@@ -357,12 +357,7 @@ class _Splice(LegPair):
             self.stats.sent_client_close_code = 1005 if code is None else code
         else:
             frame = build_frame(OP_CLOSE, payload, keys=self.keys)
-        conn.write(frame)
-        if conn.broken:
-            leg.in_closed = True
-        elif leg.draining:
-            conn.shutdown_after_flush()
-        self._check()
+        self._write_close(leg, conn, frame)
 
     def _abandon_upstream(self) -> None:
         """The upstream is not open (and now never will be)."""

@@ -190,12 +190,7 @@ class TranslatorSession(LegPair):
             self._check()
             return
         payload = build_close_payload(code, reason)
-        conn.write(build_frame(OP_CLOSE, payload, keys=self.keys if leg is self.up else None))
-        if conn.broken:
-            leg.in_closed = True
-        elif leg.draining:
-            conn.shutdown_after_flush()
-        self._check()
+        self._write_close(leg, conn, build_frame(OP_CLOSE, payload, keys=self.keys if leg is self.up else None))
 
     def _flow(self) -> None:
         """Backpressure: a leg is not read while its peer's queue is over HIGH_WATER; the
