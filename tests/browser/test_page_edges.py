@@ -56,6 +56,8 @@ def test_offline_and_back_the_page_shows_the_close_and_reconnects(stack, browser
     context = browser.open()
     page = browser.page("/?path=/openai&autoconnect=1&mic=0", context)
     wait_state(page, "connected")
+    # the page is connected at the gateway's Welcome; its upstream opens just after
+    wait_for(lambda: len(stack.sims.records("openai")) == 1, "the first session's upstream")
     context.set_offline(True)
     closed = wait_state(page, "closed", timeout=10)
     assert closed["code"] == "1006" and closed["reason"] == "network offline"
