@@ -58,6 +58,8 @@ from voxgate.simulate.common import (
     serve_websocket,
     tone_pcm16,
 )
+from voxgate.workers.openai.turn_detection import SERVER_VAD
+from voxgate.workers.openai.turn_detection import with_defaults as turn_detection_with_defaults
 
 __all__ = ["OPENAI_FAULT_KINDS", "CallRecord", "OpenAISimulator", "RealtimeSession", "run", "sdp_answer"]
 
@@ -179,7 +181,7 @@ def default_session(model: str, *, expires_at: int) -> dict[str, Any]:
                 "format": {"type": "audio/pcm", "rate": 24000},
                 "transcription": None,
                 "noise_reduction": None,
-                "turn_detection": _turn_detection_defaults({"type": "server_vad"}),
+                "turn_detection": turn_detection_with_defaults({"type": "server_vad"}),
             },
             "output": {
                 "format": {"type": "audio/pcm", "rate": 24000},
@@ -189,28 +191,6 @@ def default_session(model: str, *, expires_at: int) -> dict[str, Any]:
         },
         "include": None,
     }
-
-
-def _turn_detection_defaults(td: dict[str, Any]) -> dict[str, Any]:
-    if td["type"] == "server_vad":
-        base: dict[str, Any] = {
-            "type": "server_vad",
-            "threshold": 0.5,
-            "prefix_padding_ms": 300,
-            "silence_duration_ms": 200,
-            "idle_timeout_ms": None,
-            "create_response": True,
-            "interrupt_response": True,
-        }
-    else:
-        base = {
-            "type": "semantic_vad",
-            "eagerness": "auto",
-            "create_response": True,
-            "interrupt_response": True,
-        }
-    base.update(td)
-    return base
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,7 +398,7 @@ def _update_audio_input(cur: dict[str, Any], value: Any) -> None:
             _check_keys(td, SEMANTIC_VAD_KEYS, tpath)
         else:
             raise _invalid_value(kind, f"{tpath}.type", ("server_vad", "semantic_vad"))
-        cur["turn_detection"] = _turn_detection_defaults(td)
+        cur["turn_detection"] = turn_detection_with_defaults(td)
 
 
 def _update_audio_output(cur: dict[str, Any], value: Any, *, has_assistant_audio: bool) -> None:
@@ -865,7 +845,7 @@ class RealtimeSession:
             vad.last_loud_end_ms = end
             vad.silence_ms = 0.0
             self._idle_deadline = None
-            padding = td.get("prefix_padding_ms", 300)
+            padding = td.get("prefix_padding_ms", SERVER_VAD["prefix_padding_ms"])
             self._push(
                 self._event(
                     "input_audio_buffer.speech_started",
@@ -881,7 +861,7 @@ class RealtimeSession:
             vad.silence_ms = 0.0
             return
         vad.silence_ms += VAD_WINDOW_MS
-        if vad.silence_ms < td.get("silence_duration_ms", 200):
+        if vad.silence_ms < td.get("silence_duration_ms", SERVER_VAD["silence_duration_ms"]):
             return
         vad.speaking = False
         self._push(

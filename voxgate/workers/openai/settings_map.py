@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from voxgate.workers.openai.audio import OPENAI_RATE, SUPPORTED_LINEAR16_RATES
+from voxgate.workers.openai.turn_detection import SERVER_VAD
 
 __all__ = [
     "AudioFormat",
@@ -40,15 +41,7 @@ CONTEXT_HEADER = "Previous conversation:"
 TRANSCRIPTION_MODEL = "gpt-4o-transcribe"
 IDLE_TIMEOUT_BOUNDS_MS = (5000, 30000)
 MAX_SAFE_INTEGER = 2**53 - 1
-DEFAULT_TURN_DETECTION: dict[str, Any] = {
-    "type": "server_vad",
-    "threshold": 0.5,
-    "prefix_padding_ms": 300,
-    "silence_duration_ms": 200,
-    "idle_timeout_ms": None,
-    "create_response": True,
-    "interrupt_response": True,
-}
+DEFAULT_TURN_DETECTION = SERVER_VAD
 _OUTPUT_FORMAT_TYPES = ("audio/pcm", "audio/pcmu", "audio/pcma")
 _G711 = {"mulaw": "audio/pcmu", "alaw": "audio/pcma"}
 _G711_RATE = 8000
