@@ -22,7 +22,7 @@ async def astop(gw: Gateway) -> int:
 
 @pytest.fixture
 async def openai_sim(nursery):
-    from voxgate.simulate.openai import OpenAISimulator
+    from voxgate.simulate.openai.server import OpenAISimulator
 
     sim = OpenAISimulator(api_key=OPENAI_KEY)
     sim.port = await nursery.start(sim.serve)
@@ -31,7 +31,7 @@ async def openai_sim(nursery):
 
 @pytest.fixture
 async def deepgram_sim(nursery):
-    from voxgate.simulate.deepgram import DeepgramSimulator
+    from voxgate.simulate.deepgram.server import DeepgramSimulator
 
     sim = DeepgramSimulator(api_key=DEEPGRAM_KEY, listen_idle_timeout=5.0)
     sim.port = await nursery.start(sim.serve)

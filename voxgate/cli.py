@@ -510,7 +510,7 @@ def _simulator_command(name: str) -> Callable:
 
         import trio
 
-        module = importlib.import_module(f"voxgate.simulate.{name}")
+        module = importlib.import_module(f"voxgate.simulate.{name}.server")
         trio.run(module.run, host, port, key)
 
     command.__doc__ = f"Simulated {name} upstream."

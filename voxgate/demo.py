@@ -528,8 +528,8 @@ def _url_lines(gw: GatewayProcess) -> list[str]:
 
 async def run_demo(options: DemoOptions, printer: Printer) -> int:
     """Start simulators and gateway, play every path, stop everything; returns the exit code."""
-    from voxgate.simulate.deepgram import DeepgramSimulator
-    from voxgate.simulate.openai import OpenAISimulator
+    from voxgate.simulate.deepgram.server import DeepgramSimulator
+    from voxgate.simulate.openai.server import OpenAISimulator
 
     # Throwaway keys: the simulators check them and the gateway injects them, exactly as
     # with the real services, but they are worthless anywhere else.

@@ -17,8 +17,8 @@ import trio
 from tests.support import deepgram_sdk
 from tests.support.deepgram_helpers import KEY, TcpTap, key_leaks
 from tests.support.gateway import Gateway, base_env
-from voxgate.simulate.common import silence_pcm16, tone_pcm16
-from voxgate.simulate.deepgram import DeepgramSimulator
+from voxgate.simulate.audio import silence_pcm16, tone_pcm16
+from voxgate.simulate.deepgram.server import DeepgramSimulator
 
 SDK_KEY = "unused-client-key"
 

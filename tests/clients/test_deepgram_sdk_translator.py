@@ -21,7 +21,7 @@ import trio_websocket as tws
 from tests.conftest import DEEPGRAM_KEY, OPENAI_KEY, gateway_env
 from tests.support.deepgram_helpers import SETTINGS
 from tests.support.deepgram_sdk import sdk_client
-from voxgate.simulate.common import silence_pcm16, tone_pcm16
+from voxgate.simulate.audio import silence_pcm16, tone_pcm16
 
 DUMMY = "dg-client-side-dummy-key"
 PATHS = {"deepgram": "/deepgram-proxy", "openai": "/openai"}

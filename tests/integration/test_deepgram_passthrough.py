@@ -27,13 +27,11 @@ from tests.support.deepgram_helpers import (
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_payload
 from tests.support.upstream import EchoUpstream
-from voxgate.simulate.common import Frame, silence_pcm16, tone_pcm16
-from voxgate.simulate.deepgram import (
-    NET0001_REASON,
-    SPEAK_MS_PER_CHAR,
-    DeepgramSimulator,
-    SpeakSession,
-)
+from voxgate.simulate.audio import silence_pcm16, tone_pcm16
+from voxgate.simulate.deepgram.server import DeepgramSimulator
+from voxgate.simulate.deepgram.session import NET0001_REASON
+from voxgate.simulate.deepgram.speak import SPEAK_MS_PER_CHAR, SpeakSession
+from voxgate.simulate.record import Frame
 
 PROXY = "/deepgram-proxy"
 AGENT = PROXY + "/v1/agent/converse"

@@ -26,9 +26,9 @@ import trio
 from tests.support.deepgram_helpers import SETTINGS, DGClient, json_type, key_leaks
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT
-from voxgate.simulate.common import silence_pcm16, tone_pcm16
-from voxgate.simulate.deepgram import DeepgramSimulator
-from voxgate.simulate.openai import OpenAISimulator
+from voxgate.simulate.audio import silence_pcm16, tone_pcm16
+from voxgate.simulate.deepgram.server import DeepgramSimulator
+from voxgate.simulate.openai.server import OpenAISimulator
 
 OPENAI_SECRET = "sk-proj-Vq8ZxK2mWp7RtY4nLs9BcH3jDf6GaE1uNoP"
 DEEPGRAM_SECRET = "Dg7QwZr4Tx9Kp2Vm8Ly5Hn3Jb6Fc1Xs0WqEuR"

@@ -31,7 +31,7 @@ from tests.conftest import OPENAI_KEY
 from tests.support.gateway import Gateway, base_env, start_gateway
 from tests.support.portfwd import Forwarder
 from tests.support.scripted_openai import FakeConn, Script, ScriptedOpenAI
-from voxgate.simulate.common import silence_pcm16, tone_pcm16
+from voxgate.simulate.audio import silence_pcm16, tone_pcm16
 
 WAIT = 5.0
 SETTINGS = {"type": "Settings", "agent": {"think": {"prompt": "Help."}}}
@@ -1076,7 +1076,7 @@ async def test_sim_greeting(gw, sim, connect):
 async def paced_sim(nursery, fwd):
     """The simulator with its reply audio paced (0.3 s between 100 ms chunks), so a response
     is still playing when the client acts on its first audio."""
-    from voxgate.simulate.openai import OpenAISimulator
+    from voxgate.simulate.openai.server import OpenAISimulator
 
     sim = OpenAISimulator(api_key=OPENAI_KEY, audio_pace=0.3)
     sim.port = await nursery.start(sim.serve)

@@ -17,7 +17,7 @@ from tests.clients.test_openai_sdk import sdk_session
 from tests.conftest import gateway_env
 from tests.integration.test_control import ADMIN, wait_sessions
 from tests.integration.test_translator import Client
-from voxgate.simulate.common import silence_pcm16
+from voxgate.simulate.audio import silence_pcm16
 
 FRAME = 3200  # 0.1 s of linear16 at 16 kHz
 AGENT_SETTINGS = {

@@ -151,8 +151,8 @@ class Simulators:
     """OpenAI and Deepgram simulators on free loopback ports, in a trio loop of their own."""
 
     def __init__(self, *, openai_key: str, deepgram_key: str, listen_idle_timeout: float = 10.0) -> None:
-        from voxgate.simulate.deepgram import DeepgramSimulator
-        from voxgate.simulate.openai import OpenAISimulator
+        from voxgate.simulate.deepgram.server import DeepgramSimulator
+        from voxgate.simulate.openai.server import OpenAISimulator
 
         self.openai = OpenAISimulator(api_key=openai_key)
         self.deepgram = DeepgramSimulator(api_key=deepgram_key, listen_idle_timeout=listen_idle_timeout)

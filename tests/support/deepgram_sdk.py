@@ -57,7 +57,7 @@ def agent_exchange(client: Any, content: str) -> list[Any]:
 def flux_exchange(client: Any) -> list[Any]:
     """listen.v2 (Flux): 0.7 s of tone and 0.6 s of silence, typed messages up to EndOfTurn,
     then CloseStream (bounded)."""
-    from voxgate.simulate.common import silence_pcm16, tone_pcm16
+    from voxgate.simulate.audio import silence_pcm16, tone_pcm16
 
     seen: list[Any] = []
     audio = tone_pcm16(700, rate=16000) + silence_pcm16(600, rate=16000)

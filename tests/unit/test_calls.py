@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from tests.support.webrtc import OFFER
-from voxgate.simulate.openai import sdp_answer
+from voxgate.simulate.openai.calls import sdp_answer
 from voxgate.workers.openai.calls import (
     OfferError,
     build_form,

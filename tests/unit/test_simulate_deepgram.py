@@ -20,16 +20,11 @@ from trio_websocket import (
 )
 
 from tests.support import deepgram_sdk
-from voxgate.simulate.common import silence_pcm16, tone_pcm16
-from voxgate.simulate.deepgram import (
-    AGENT_AUDIO_MS,
-    GARBAGE_FRAME,
-    NET0001_REASON,
-    SPEAK_MS_PER_CHAR,
-    DeepgramSimulator,
-    decode_audio,
-    encode_pcm16,
-)
+from voxgate.simulate.audio import decode_audio, encode_pcm16, silence_pcm16, tone_pcm16
+from voxgate.simulate.deepgram.agent import AGENT_AUDIO_MS
+from voxgate.simulate.deepgram.server import DeepgramSimulator
+from voxgate.simulate.deepgram.session import GARBAGE_FRAME, NET0001_REASON
+from voxgate.simulate.deepgram.speak import SPEAK_MS_PER_CHAR
 
 KEY = "test-deepgram-key-0123456789"
 AUTH = [("Authorization", f"Token {KEY}")]

@@ -23,8 +23,9 @@ from tests.unit.test_simulate_deepgram import (
     types,
     until,
 )
-from voxgate.simulate.common import silence_pcm16, tone_pcm16
-from voxgate.simulate.deepgram import SPEAK_MS_PER_CHAR, DeepgramSimulator
+from voxgate.simulate.audio import silence_pcm16, tone_pcm16
+from voxgate.simulate.deepgram.server import DeepgramSimulator
+from voxgate.simulate.deepgram.speak import SPEAK_MS_PER_CHAR
 
 FLUX_Q = "model=flux-general-en&encoding=linear16&sample_rate=16000"
 

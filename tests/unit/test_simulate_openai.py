@@ -19,8 +19,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from voxgate.simulate.common import rms_pcm16, silence_pcm16, tone_pcm16
-from voxgate.simulate.openai import OpenAISimulator, RealtimeSession
+from voxgate.simulate.audio import rms_pcm16, silence_pcm16, tone_pcm16
+from voxgate.simulate.openai.server import OpenAISimulator
+from voxgate.simulate.openai.session import RealtimeSession
 
 API_KEY = "sk-sim-test-key-0123456789"
 TIMEOUT = 5

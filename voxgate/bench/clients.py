@@ -24,7 +24,7 @@ import orjson
 
 from voxgate.bench.evloop import CLOSED, OPEN, Loop, WsClient
 from voxgate.bench.wire import OP_BINARY, OP_TEXT, ZERO_MASK, client_frame, frame_header
-from voxgate.simulate.common import tone_pcm16
+from voxgate.simulate.audio import tone_pcm16
 
 STAMP = struct.Struct("<QQ")
 MAX_ERROR_SAMPLES = 20

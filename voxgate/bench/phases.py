@@ -25,7 +25,7 @@ from voxgate.bench.clients import (
     still_open,
 )
 from voxgate.bench.evloop import OPEN, Loop, WsClient
-from voxgate.simulate.common import tone_pcm16
+from voxgate.simulate.audio import tone_pcm16
 
 SEC = 1_000_000_000
 MS = 1_000_000

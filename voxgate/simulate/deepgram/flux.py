@@ -29,37 +29,29 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from voxgate.simulate.common import Close, Fault, tone_pcm16
-from voxgate.simulate.deepgram import (
-    AUDIO_CHUNK_MS,
+from voxgate.simulate.audio import decode_audio
+from voxgate.simulate.deepgram.session import (
     NET0001_REASON,
-    SPEAK_ENCODINGS,
-    SPEAK_MS_PER_CHAR,
     UNPARSABLE,
     UNPARSABLE_TEXT,
     BadRequest,
-    _bytes_per_sample,
-    _chunks,
-    _EnergyVad,
-    _json_loads,
-    _r,
-    _Session,
-    decode_audio,
-    encode_pcm16,
+    DeepgramSession,
+    energy_vad,
+    json_object,
+    query_dict,
+    seconds,
 )
+from voxgate.simulate.deepgram.speak import SPEAK_ENCODINGS, SPEAK_MS_PER_CHAR
+from voxgate.simulate.driver import Close
+from voxgate.simulate.faults import Fault
+
+__all__ = ["FluxOptions", "FluxParamError", "FluxSession", "SpeakV2Session"]
 
 FLUX_ENCODINGS = ("linear16", "linear32", "mulaw", "alaw", "opus", "ogg-opus")
 FLUX_UPDATE_S = 0.25  # an Update per this much transcribed audio (Deepgram's documented cadence)
 FLUX_FULL_CONFIDENCE_S = 0.5  # trailing silence at which end-of-turn confidence reaches 1.0
 FLUX_SPEECH_CONFIDENCE = 0.05  # end-of-turn confidence while the user is speaking
 SPEAK_V2_SPEEDS = (0.7, 1.5)
-
-
-def _query_dict(query: list[tuple[str, str]]) -> dict[str, str]:
-    q: dict[str, str] = {}
-    for k, v in query:
-        q.setdefault(k, v)
-    return q
 
 
 class FluxParamError(ValueError):
@@ -95,7 +87,7 @@ class FluxOptions:
     @classmethod
     def from_query(cls, query: list[tuple[str, str]]) -> FluxOptions:
         """Raises BadRequest (HTTP 400) or FluxParamError (``Error`` after the 101)."""
-        q = _query_dict(query)
+        q = query_dict(query)
         model = q.get("model") or ""
         if not model.startswith("flux-"):
             raise BadRequest(f"A Flux model is required on /v2/listen, got {model!r}")
@@ -125,7 +117,7 @@ class FluxOptions:
         )
 
 
-class FluxSession(_Session):
+class FluxSession(DeepgramSession):
     """Flux conversational recognition (``/v2/listen``); see the module docstring."""
 
     def __init__(
@@ -149,7 +141,7 @@ class FluxSession(_Session):
         self._eager = self.options.eager_eot_threshold
         self._eot_timeout_ms = self.options.eot_timeout_ms
         self._keyterms = list(self.options.keyterms)
-        self._vad = _EnergyVad(self.options.sample_rate)
+        self._vad = energy_vad(self.options.sample_rate)
         self.turn_index = 0
         self._in_turn = False
         self._eager_sent = False
@@ -178,7 +170,7 @@ class FluxSession(_Session):
     # -- input
     def _on_text(self, message: str, now: float) -> None:
         self._last_activity = now
-        msg = _json_loads(message)
+        msg = json_object(message)
         kind = msg.get("type") if msg is not None else None
         if kind == "CloseStream":
             self._run_windows(self._vad.flush())
@@ -292,8 +284,8 @@ class FluxSession(_Session):
             "type": "TurnInfo",
             "event": event,
             "turn_index": self.turn_index,
-            "audio_window_start": _r(self._turn_start),
-            "audio_window_end": _r(now),
+            "audio_window_start": seconds(self._turn_start),
+            "audio_window_end": seconds(now),
             "transcript": transcript,
             "words": words,
             "end_of_turn_confidence": 1.0 if trigger else self._confidence(),
@@ -310,7 +302,7 @@ class FluxSession(_Session):
         words = ["tone", f"{end - start:.1f}", "seconds"]
         step = (end - start) / len(words)
         return " ".join(words), [
-            {"word": w, "confidence": 0.99, "start": _r(start + i * step), "end": _r(start + (i + 1) * step)}
+            {"word": w, "confidence": 0.99, "start": seconds(start + i * step), "end": seconds(start + (i + 1) * step)}
             for i, w in enumerate(words)
         ]
 
@@ -335,7 +327,7 @@ def _speed(value: Any) -> float | None:
     return float(value) if SPEAK_V2_SPEEDS[0] <= value <= SPEAK_V2_SPEEDS[1] else None
 
 
-class SpeakV2Session(_Session):
+class SpeakV2Session(DeepgramSession):
     """Flux turn-based TTS (``/v2/speak``); see the module docstring."""
 
     def __init__(
@@ -363,7 +355,7 @@ class SpeakV2Session(_Session):
 
     @classmethod
     def from_query(cls, query: list[tuple[str, str]], **kwargs: Any) -> SpeakV2Session:
-        q = _query_dict(query)
+        q = query_dict(query)
         model = q.get("model") or ""
         if not model.startswith("flux-"):
             raise BadRequest(f"A Flux TTS model (flux-<voice>-<language>) is required on /v2/speak, got {model!r}")
@@ -400,7 +392,7 @@ class SpeakV2Session(_Session):
         self._warning("Binary messages are not accepted on this endpoint.")
 
     def _on_text(self, message: str, now: float) -> None:
-        msg = _json_loads(message)
+        msg = json_object(message)
         kind = msg.get("type") if msg is not None else None
         if msg is None or not isinstance(kind, str):
             self._warning(UNPARSABLE_TEXT)
@@ -458,10 +450,7 @@ class SpeakV2Session(_Session):
         if text:
             duration = self.audio_ms_for(text)
             self._emit({"type": "SpeechStarted", "speech_id": speech_id})
-            pcm = tone_pcm16(duration, rate=self.sample_rate, freq=330.0)
-            chunk = self.sample_rate * AUDIO_CHUNK_MS // 1000 * _bytes_per_sample(self.encoding)
-            for frame in _chunks(encode_pcm16(pcm, self.encoding), chunk):
-                self._emit(frame)
+            self._emit_tone(duration, rate=self.sample_rate, encoding=self.encoding, freq=330.0)
             self._total_ms += duration
             self._total_chars += len(text)
             self._emit(
