@@ -7,11 +7,14 @@ codes, messages and ``param`` paths read the same everywhere.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 from typing import Any
 
 __all__ = [
     "Invalid",
+    "base64_audio",
     "check_keys",
     "expect_object",
     "expect_number",
@@ -77,3 +80,16 @@ def invalid_value(value: Any, path: str, allowed: tuple[str, ...]) -> Invalid:
     return Invalid(
         "invalid_value", f"Invalid value: '{value}'. Supported values are: {listed}.", path
     )
+
+
+def base64_audio(audio: Any) -> bytes:
+    """The bytes of an ``audio`` field (base64), or ``Invalid`` as the real API answers."""
+    if audio is None:
+        raise missing("audio")
+    try:
+        data = base64.b64decode(audio, validate=True) if isinstance(audio, str) else None
+    except (binascii.Error, ValueError):
+        data = None
+    if data is None:
+        raise Invalid("invalid_value", "Invalid 'audio': expected base64-encoded audio.", "audio")
+    return data

@@ -38,6 +38,7 @@ __all__ = [
     "queue_audio",
     "queue_call",
     "queue_text",
+    "rate_limits_event",
     "reply_audio",
     "response_object",
     "response_options",
@@ -253,3 +254,18 @@ def usage(items: list[dict[str, Any]], output: list[dict[str, Any]]) -> dict[str
         },
         "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
     }
+
+
+def rate_limits_event(tokens_remaining: int) -> dict[str, Any]:
+    """``rate_limits.updated`` after a response (a 40k token budget per session)."""
+    return server_event(
+        "rate_limits.updated",
+        rate_limits=[
+            {
+                "name": "tokens",
+                "limit": 40_000,
+                "remaining": max(tokens_remaining, 0),
+                "reset_seconds": 0.5,
+            }
+        ],
+    )

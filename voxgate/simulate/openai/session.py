@@ -13,8 +13,6 @@ Server VAD: a 20 ms window whose RMS exceeds ``threshold * 0.05`` (full scale 1.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ from voxgate.simulate.openai.model import choose_tool, reply_text, transcription
 from voxgate.simulate.openai.outbox import Outbox, Queued
 from voxgate.simulate.openai.protocol import (
     Invalid,
+    base64_audio,
     check_keys,
     expect_object,
     invalid_value,
@@ -50,6 +49,7 @@ from voxgate.simulate.openai.responses import (
     queue_audio,
     queue_call,
     queue_text,
+    rate_limits_event,
     response_object,
     response_options,
     usage,
@@ -312,17 +312,7 @@ class RealtimeSession:
         return self.session["audio"]["input"]["turn_detection"]
 
     def _on_append(self, event: dict[str, Any], now: float) -> None:
-        audio = event.get("audio")
-        if audio is None:
-            raise missing("audio")
-        try:
-            data = base64.b64decode(audio, validate=True) if isinstance(audio, str) else None
-        except (binascii.Error, ValueError):
-            data = None
-        if data is None:
-            raise Invalid(
-                "invalid_value", "Invalid 'audio': expected base64-encoded audio.", "audio"
-            )
+        data = base64_audio(event.get("audio"))
         fmt = self._input_format()
         td = self._turn_detection()
         if td is None or fmt["type"] != "audio/pcm":
@@ -478,7 +468,7 @@ class RealtimeSession:
         )
         self._active = resp
         self._idle_deadline = None
-        self._outbox.push(server_event("response.created", response=self._response_obj(resp, "in_progress")))
+        self._outbox.push(server_event("response.created", response=response_object(resp, self.session, self.conversation_id, "in_progress")))
         prev = None if resp.out_of_band else insert_item(self.items, resp.item)
         self._queue_output(resp, prev, call, text)
         self._finish_events(resp, "completed", None, [resp.item])
@@ -555,26 +545,13 @@ class RealtimeSession:
         self._outbox.push(
             server_event(
                 "response.done",
-                response=self._response_obj(resp, status, details, output, counts),
+                response=response_object(resp, self.session, self.conversation_id, status, details, output, counts),
             ),
             response_id=resp.id,
             on_send=done,
         )
         self._tokens_remaining -= counts["total_tokens"]
-        self._outbox.push(
-            server_event(
-                "rate_limits.updated",
-                rate_limits=[
-                    {
-                        "name": "tokens",
-                        "limit": 40_000,
-                        "remaining": max(self._tokens_remaining, 0),
-                        "reset_seconds": 0.5,
-                    }
-                ],
-            ),
-            response_id=resp.id,
-        )
+        self._outbox.push(rate_limits_event(self._tokens_remaining), response_id=resp.id)
 
     def _cancel_response(self, reason: str) -> None:
         resp = self._active
@@ -602,13 +579,3 @@ class RealtimeSession:
 
     def _mark_audio_sent(self, now: float) -> None:
         self._assistant_audio_sent = True
-
-    def _response_obj(
-        self,
-        resp: Response,
-        status: str,
-        details: dict[str, Any] | None = None,
-        output: list[dict[str, Any]] | None = None,
-        counts: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return response_object(resp, self.session, self.conversation_id, status, details, output, counts)
