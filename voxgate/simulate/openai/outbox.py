@@ -32,6 +32,8 @@ class Queued:
 
 
 class Outbox:
+    """Frames waiting to go out, in the order the rules above allow."""
+
     def __init__(self) -> None:
         self._queue: deque[Queued] = deque()
 

@@ -79,6 +79,8 @@ class Tag(Protocol):
 
 @dataclass
 class Response:
+    """One response in flight: what ``response.done`` and a cancellation need to know."""
+
     id: str
     modalities: list[str]
     out_of_band: bool

@@ -23,6 +23,8 @@ _WINDOW_BYTES = VAD_WINDOW_MS * 48  # PCM16 at 24 kHz
 
 @dataclass
 class ServerVad:
+    """Turn state of one connection (``carry``: input bytes short of a whole window)."""
+
     speaking: bool = False
     item_id: str = ""
     start_ms: float = 0.0
