@@ -41,7 +41,7 @@ from voxgate.workers.frames import (
 from voxgate.workers.handshake import open_upstream
 from voxgate.workers.legs import Leg, LegPair
 from voxgate.workers.openai import realtime
-from voxgate.workers.openai.translator import (
+from voxgate.workers.openai.actions import (
     Action,
     ArmTimer,
     CancelTimer,
@@ -50,9 +50,8 @@ from voxgate.workers.openai.translator import (
     Log,
     SendClient,
     SendUpstream,
-    Translator,
-    dialect_for_path,
 )
+from voxgate.workers.openai.translator import Translator, dialect_for_path
 from voxgate.workers.passthrough import echo_subprotocol
 from voxgate.workers.runtime import Session
 from voxgate.workers.usage import bytes_per_second
@@ -111,7 +110,7 @@ class TranslatorSession(LegPair):
     def _rates(self) -> tuple[float | None, float | None]:
         """Bytes per second of the formats the core uses with the client now."""
         core = self.core
-        fin, fout = core._input_format, core._output_format  # noqa: SLF001 - read-only
+        fin, fout = core.audio_formats
         return bytes_per_second(fin.encoding, fin.sample_rate), bytes_per_second(fout.encoding, fout.sample_rate)
 
     def _sync_rates(self) -> None:
@@ -122,7 +121,7 @@ class TranslatorSession(LegPair):
         # the one Settings the core honours declares the formats of all audio, also audio
         # the client sent before it was processed
         first = not self._rates_declared
-        self._rates_declared = self.core._forwarded  # noqa: SLF001 - read-only
+        self._rates_declared = self.core.settings_forwarded
         usage.audio_up.set_rate(up, retroactive=first)
         usage.audio_down.set_rate(down, retroactive=first)
 
