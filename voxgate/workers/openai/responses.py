@@ -374,7 +374,7 @@ class Responses:
 
     # --- client: FunctionCallResponse ------------------------------------------------------
 
-    def function_result(self, msg: dict[str, Any]) -> None:
+    def on_function_call_response(self, msg: dict[str, Any], raw: str) -> None:
         """R9, D25: forward the output; the create waits until every requested call has one."""
         self._outbox.to_upstream(dumps(function_call_output_event(msg)))
         self._outbox.to_client(AGENT_THINKING)

@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any
 
 from voxgate.policy import apply_policy, pinned_message
-from voxgate.workers.openai.actions import Outbox, conversation_text, dumps, simple
+from voxgate.workers.openai.actions import Backlog, Outbox, conversation_text, dumps, simple
 from voxgate.workers.openai.audio_flow import InputAudio, OutputAudio
 from voxgate.workers.openai.responses import Responses
 from voxgate.workers.openai.settings_map import (
@@ -23,6 +23,8 @@ from voxgate.workers.openai.settings_map import (
     ThinkChange,
     listen_session,
     map_settings,
+    map_update_listen,
+    map_update_think,
 )
 
 __all__ = ["SessionUpdates", "UPDATE_ANSWERS"]
@@ -40,6 +42,7 @@ class SessionUpdates:
         responses: Responses,
         input_audio: InputAudio,
         output_audio: OutputAudio,
+        backlog: Backlog,
         *,
         default_model: str,
         policy: dict[str, Any] | None,
@@ -48,6 +51,7 @@ class SessionUpdates:
         self._responses = responses
         self._input = input_audio
         self._output = output_audio
+        self._backlog = backlog
         self._default_model = default_model
         self._policy = policy  # server-owned session policy rules (voxgate.policy)
         self.ready = False  # a real session.updated was seen (R4)
@@ -65,7 +69,7 @@ class SessionUpdates:
         """A response is live or owed: a session.update now would be refused upstream."""
         return self._responses.active or self._responses.deferred_armed
 
-    def settings(self, msg: dict[str, Any]) -> None:
+    def on_settings(self, msg: dict[str, Any], raw: str) -> None:
         """A client `Settings`: the first one is mapped and sent; later ones only answered."""
         if self.forwarded:  # R2, D9
             if self.ready:
@@ -131,6 +135,36 @@ class SessionUpdates:
         self._outbox.to_upstream(
             dumps({"type": "session.update", "event_id": event_id, "session": session})
         )
+
+    # --- UpdatePrompt, UpdateThink, UpdateListen -------------------------------------------
+
+    def on_update_prompt(self, msg: dict[str, Any], raw: str) -> None:
+        prompt = msg.get("prompt")
+        if not isinstance(prompt, str):
+            self._outbox.error("invalid_client_message", "UpdatePrompt needs a string 'prompt'.")
+            return
+        self._request_change("prompt", prompt, raw)
+
+    def on_update_think(self, msg: dict[str, Any], raw: str) -> None:
+        change = map_update_think(msg, default_model=self._default_model)
+        if isinstance(change, SettingsRejected):
+            self._outbox.error(change.code, change.description)
+            return
+        self._request_change("think", change, raw)
+
+    def on_update_listen(self, msg: dict[str, Any], raw: str) -> None:
+        change = map_update_listen(msg)
+        if isinstance(change, SettingsRejected):
+            self._outbox.error(change.code, change.description)
+            return
+        self._request_change("listen", change, raw)
+
+    def _request_change(self, kind: str, change: Any, raw: str) -> None:
+        """Gated like an inject before `session.updated`; held during a response (§2.4)."""
+        if self.ready:
+            self.change(kind, change)
+        else:
+            self._backlog.hold_until_ready(kind, change, raw)
 
     def change(self, kind: str, change: Any) -> None:
         """A ready session's prompt/think/listen change: now, or after the live response."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -35,29 +34,14 @@ from voxgate.workers.openai.actions import (
     Action,
     Backlog,
     Outbox,
-    conversation_text,
     dumps,
-    simple,
 )
 from voxgate.workers.openai.audio_flow import InputAudio, OutputAudio
-from voxgate.workers.openai.function_calls import Bounded
-from voxgate.workers.openai.responses import MAX_TEXT_CHARS, Responses
+from voxgate.workers.openai.responses import Responses
 from voxgate.workers.openai.session_update import SessionUpdates
-from voxgate.workers.openai.settings_map import (
-    AudioFormat,
-    SettingsRejected,
-    assistant_message_event,
-    map_update_listen,
-    map_update_think,
-    user_message_event,
-)
-from voxgate.workers.openai.upstream_map import (
-    redact,
-    transcript_final,
-    transcript_interim,
-    upstream_error,
-    utterance_end,
-)
+from voxgate.workers.openai.settings_map import AudioFormat
+from voxgate.workers.openai.turns import Turns
+from voxgate.workers.openai.upstream_map import redact, upstream_error
 
 __all__ = [
     "Translator",
@@ -75,7 +59,6 @@ STRICT_DESCRIPTION = (
 )
 ACTIVE_RESPONSE_ERROR = "conversation_already_has_active_response"
 CANCEL_NOT_ACTIVE_ERROR = "response_cancel_not_active"  # our interrupt raced the response's end
-INJECT_BEHAVIORS = ("default", "queue", "interrupt")
 EXPECTED_CLOSURE_ERRORS = frozenset({"idle_timeout", "session_max_duration"})
 
 DIALECT_REFERENCE = "reference"
@@ -94,7 +77,6 @@ def dialect_for_path(path: str) -> str:
     return DIALECT_DEEPGRAM if path == AGENT_CONVERSE_PATH else DIALECT_REFERENCE
 
 
-USER_STARTED = simple("UserStartedSpeaking")
 QUIET_EVENTS = frozenset(
     {
         "response.output_audio.delta",
@@ -188,22 +170,21 @@ class Translator:
             self._responses,
             self._input,
             self._output,
+            self._backlog,
             default_model=self._default_model,
             policy=policy,
         )
-        self._user_speaking = False
-        self._queued_agent: deque[str] = deque()  # InjectAgentMessage behavior "queue"
-        self._transcripts = Bounded(64)  # item id -> accumulated interim text
+        self._turns = Turns(self._outbox, self._backlog, self._session, self._responses)
 
         self.client_handlers: dict[str, Callable[[dict[str, Any], str], None]] = {
-            "Settings": self._c_settings,
-            "InjectUserMessage": self._c_inject_user,
-            "FunctionCallResponse": self._c_function_call_response,
-            "UpdatePrompt": self._c_update_prompt,
-            "InjectAgentMessage": self._c_inject_agent,
+            "Settings": self._session.on_settings,
+            "InjectUserMessage": self._turns.on_inject_user,
+            "FunctionCallResponse": self._responses.on_function_call_response,
+            "UpdatePrompt": self._session.on_update_prompt,
+            "InjectAgentMessage": self._turns.on_inject_agent,
             "UpdateSpeak": self._c_update_speak,
-            "UpdateThink": self._c_update_think,
-            "UpdateListen": self._c_update_listen,
+            "UpdateThink": self._session.on_update_think,
+            "UpdateListen": self._session.on_update_listen,
         }
         self.upstream_handlers: dict[str, Callable[[dict[str, Any]], None]] = (
             self._upstream_table()
@@ -211,20 +192,18 @@ class Translator:
 
     def _upstream_table(self) -> dict[str, Callable[[dict[str, Any]], None]]:
         """Every upstream event type the translator knows, and the handler that owns it."""
-        r = self._responses
+        r, t = self._responses, self._turns
         table: dict[str, Callable[[dict[str, Any]], None]] = {
             "session.created": self._up_session_created,
             "session.updated": self._up_session_updated,
             "conversation.item.created": r.on_item,
             "conversation.item.added": r.on_item,
             "conversation.item.done": r.on_item_done,
-            "conversation.item.input_audio_transcription.delta": self._up_transcription_delta,
-            "conversation.item.input_audio_transcription.completed": (
-                self._up_transcription_completed
-            ),
+            "conversation.item.input_audio_transcription.delta": t.on_transcription_delta,
+            "conversation.item.input_audio_transcription.completed": t.on_transcription_completed,
             "error": self._up_error,
             "input_audio_buffer.speech_started": self._up_speech_started,
-            "input_audio_buffer.speech_stopped": self._up_speech_stopped,
+            "input_audio_buffer.speech_stopped": t.on_speech_stopped,
             "response.created": self._up_response_created,
             "response.done": r.on_done,
             "response.output_item.added": r.on_output_item,
@@ -355,7 +334,7 @@ class Translator:
             return
         self._session.flush_held()
         if not responses.deferred_armed:
-            self._flush_queued_agent()
+            self._turns.flush_queued_agent()
         if responses.deferred_armed or responses.owed_create:
             responses.send_create("deferred" if responses.deferred_armed else "inject")
 
@@ -494,116 +473,10 @@ class Translator:
             return
         self._input.feed(data)
 
-    def _c_settings(self, msg: dict[str, Any], raw: str) -> None:
-        self._session.settings(msg)
-
-    def _c_function_call_response(self, msg: dict[str, Any], raw: str) -> None:
-        self._responses.function_result(msg)
-
     def _c_update_speak(self, msg: dict[str, Any], raw: str) -> None:
         self._outbox.error(
             "unsupported_client_message", "UpdateSpeak is not supported by the OpenAI translator"
         )
-
-    # session changes: UpdatePrompt, UpdateThink, UpdateListen -----------------------------
-
-    def _c_update_prompt(self, msg: dict[str, Any], raw: str) -> None:
-        prompt = msg.get("prompt")
-        if not isinstance(prompt, str):
-            self._outbox.error("invalid_client_message", "UpdatePrompt needs a string 'prompt'.")
-            return
-        self._request_change("prompt", prompt, raw)
-
-    def _c_update_think(self, msg: dict[str, Any], raw: str) -> None:
-        change = map_update_think(msg, default_model=self._default_model)
-        if isinstance(change, SettingsRejected):
-            self._outbox.error(change.code, change.description)
-            return
-        self._request_change("think", change, raw)
-
-    def _c_update_listen(self, msg: dict[str, Any], raw: str) -> None:
-        change = map_update_listen(msg)
-        if isinstance(change, SettingsRejected):
-            self._outbox.error(change.code, change.description)
-            return
-        self._request_change("listen", change, raw)
-
-    def _request_change(self, kind: str, change: Any, raw: str) -> None:
-        """Gated like an inject before `session.updated`; held during a response (§2.4)."""
-        if self._session.ready:
-            self._session.change(kind, change)
-        else:
-            self._backlog.hold_until_ready(kind, change, raw)
-
-    # InjectUserMessage, InjectAgentMessage ----------------------------------------------------
-
-    def _c_inject_user(self, msg: dict[str, Any], raw: str) -> None:
-        content = msg.get("content")
-        if not isinstance(content, str):  # D11
-            self._outbox.error(
-                "invalid_client_message", "InjectUserMessage needs a string 'content'."
-            )
-            return
-        if self._session.ready:
-            self._inject_user(content)
-        else:  # R6
-            self._backlog.hold_until_ready("user", content, raw)
-
-    def _inject_user(self, content: str) -> None:
-        self._outbox.to_upstream(dumps(user_message_event(content)))
-        self._outbox.to_client(conversation_text("user", content))  # R20
-        self._responses.user_message_sent()
-        self._responses.user_turn_typed()
-
-    def _c_inject_agent(self, msg: dict[str, Any], raw: str) -> None:
-        message = msg.get("message")
-        if not isinstance(message, str):
-            self._outbox.error(
-                "invalid_client_message", "InjectAgentMessage needs a string 'message'."
-            )
-            return
-        behavior = msg.get("behavior")
-        behavior = "default" if behavior is None else behavior
-        if behavior not in INJECT_BEHAVIORS:
-            self._outbox.error(
-                "invalid_client_message",
-                "InjectAgentMessage behavior must be default, queue or interrupt.",
-            )
-            return
-        if self._session.ready:
-            self._inject_agent(message, behavior)
-        else:
-            self._backlog.hold_until_ready("agent", (message, behavior), raw)
-
-    def _inject_agent(self, message: str, behavior: str = "default") -> None:
-        """default: refused while the agent or the user holds the floor; queue: spoken when
-        the live response ends; interrupt: the live response is cancelled and its audio item
-        truncated to what the client received, then the message is spoken."""
-        active = self._responses.active
-        if behavior == "queue" and (
-            active or self._responses.deferred_armed or self._queued_agent
-        ):
-            self._queued_agent.append(message)
-            return
-        if behavior == "default" and (active or self._user_speaking):
-            reason = "agent is speaking" if active else "user is speaking"
-            self._outbox.to_client(
-                dumps({"type": "InjectionRefused", "message": f"Injection refused: {reason}."})
-            )
-            return
-        if behavior == "interrupt" and active:
-            self._responses.interrupt()
-        self._speak_agent_message(message)
-
-    def _speak_agent_message(self, message: str) -> None:
-        self._outbox.to_upstream(dumps(assistant_message_event(message)))
-        self._outbox.to_client(conversation_text("assistant", message))
-        self._responses.done_signals()
-        self._responses.expect_echo(message)
-
-    def _flush_queued_agent(self) -> None:
-        while self._queued_agent and not self._responses.active:
-            self._speak_agent_message(self._queued_agent.popleft())
 
     # --- upstream frames -------------------------------------------------------------------
 
@@ -651,9 +524,9 @@ class Translator:
         while (held := self._backlog.next_until_ready()) is not None:
             kind, payload = held
             if kind == "user":
-                self._inject_user(payload)
+                self._turns.inject_user(payload)
             elif kind == "agent":
-                self._inject_agent(*payload)
+                self._turns.inject_agent(*payload)
             else:
                 self._session.change(kind, payload)
         appended = False
@@ -666,36 +539,7 @@ class Translator:
         self._responses.on_created(event, server_vad=self._input.server_vad)  # R11
 
     def _up_speech_started(self, event: dict[str, Any]) -> None:
-        self._user_speaking = True
-        self._outbox.to_client(USER_STARTED)  # D32: the client's cue to stop playback
-
-    def _up_speech_stopped(self, event: dict[str, Any]) -> None:
-        self._user_speaking = False
-        self._responses.user_turn_spoken()
-        if not self._dg:  # Deepgram's agent API has no UtteranceEnd
-            self._outbox.to_client(dumps(utterance_end(event)))
-
-    def _up_transcription_delta(self, event: dict[str, Any]) -> None:
-        if self._dg:  # the agent API reports only the final user text
-            return
-        item_id = event.get("item_id") if isinstance(event.get("item_id"), str) else ""
-        delta = event.get("delta") if isinstance(event.get("delta"), str) else ""
-        text = self._transcripts.get(item_id, "")
-        if len(text) < MAX_TEXT_CHARS:
-            text += delta
-        self._transcripts.set(item_id, text)
-        self._outbox.to_client(dumps(transcript_interim(event, text)))
-
-    def _up_transcription_completed(self, event: dict[str, Any]) -> None:
-        self._responses.transcript_arrived()
-        if not self._dg:
-            item_id = event.get("item_id") if isinstance(event.get("item_id"), str) else ""
-            self._transcripts.pop(item_id)
-            self._outbox.to_client(dumps(transcript_final(event)))
-            return
-        transcript = event.get("transcript")
-        if isinstance(transcript, str) and transcript.strip():
-            self._outbox.to_client(conversation_text("user", transcript.strip()))
+        self._turns.speech_started()
 
     def _up_error(self, event: dict[str, Any]) -> None:
         err = event.get("error") if isinstance(event.get("error"), dict) else {}
