@@ -86,7 +86,6 @@ class TranslatorSession(LegPair):
             policy=rules_for(config.session_policy, session.route, session.token_label),
             dialect=dialect_for_path(session.handshake.request.path),
         )
-        self.max_pending = config.max_message_bytes * 4
         self.c = _Leg(MessageReader(masked=True, max_message=config.max_message_bytes))
         self.up = _Leg(MessageReader(masked=False, max_message=UPSTREAM_MAX_MESSAGE))
         self.up_stream: trio.abc.Stream | None = None
@@ -205,7 +204,7 @@ class TranslatorSession(LegPair):
             elif (
                 (uc is not None and uc.out_bytes > HIGH_WATER)
                 or cc.out_bytes > CLIENT_OUT_BOUND
-                or (core.pending_bytes > self.max_pending and not core.ready and not core.closed)
+                or (core.pending_bytes > core.max_pending_bytes and not core.ready and not core.closed)
             ):
                 cc.pause()
             else:

@@ -147,7 +147,6 @@ class Translator:
         self.strict = strict
         self.json_passthrough = json_passthrough
         self.max_pending_bytes = max_pending_bytes
-        self.dialect = dialect
         self.internal_errors = 0  # bugs caught by the guard; tests assert it stays 0
         self._default_model = default_model or "gpt-realtime"
         self._dg = dialect == DIALECT_DEEPGRAM
