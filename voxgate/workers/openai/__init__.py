@@ -4,7 +4,7 @@ Modules, outside in: `routes` (paths), `session` (the I/O around the core), `tra
 sans-IO coordinator), then the parts it routes to -- `session_update` (Settings and Update*
 messages -> `session.update`), `turns` (injected messages, the user's speech and
 transcripts), `responses` and `function_calls` (the response lifecycle), `audio_flow` (commit
-policy and output conversion) -- all emitting through `actions` (the `Outbox`). The pure
+policy and output conversion), with `bounded` for their id maps -- all emitting through `actions` (the `Outbox`). The pure
 mappers are `settings_map` (client -> upstream) and `upstream_map` (upstream -> client).
 
 The path of a Settings, from the socket to the `session.update`:

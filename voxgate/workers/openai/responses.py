@@ -24,7 +24,8 @@ from voxgate.workers.openai.actions import (
     simple,
 )
 from voxgate.workers.openai.audio_flow import OutputAudio
-from voxgate.workers.openai.function_calls import Bounded, FunctionCalls
+from voxgate.workers.openai.bounded import Bounded
+from voxgate.workers.openai.function_calls import FunctionCalls
 from voxgate.workers.openai.settings_map import function_call_output_event
 from voxgate.workers.openai.upstream_map import (
     assistant_text_from_item,

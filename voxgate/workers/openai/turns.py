@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any
 
 from voxgate.workers.openai.actions import Backlog, Outbox, conversation_text, dumps, simple
-from voxgate.workers.openai.function_calls import Bounded
+from voxgate.workers.openai.bounded import Bounded
 from voxgate.workers.openai.responses import MAX_TEXT_CHARS, Responses
 from voxgate.workers.openai.session_update import SessionUpdates
 from voxgate.workers.openai.settings_map import assistant_message_event, user_message_event
