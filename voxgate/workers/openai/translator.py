@@ -6,11 +6,12 @@ expiries and connection events; every call returns the actions to perform, in or
 clocks or tasks live here, so every ordering rule is a plain unit test. No public method raises:
 a bug becomes an `internal_error` Error to the client plus an error `Log`, and the session goes on.
 
-The `Translator` is the coordinator: it parses frames and routes each message or event through
-one of two explicit tables to the part that owns it -- `SessionUpdates` (session_update.py),
-`Responses` (responses.py), `InputAudio`/`OutputAudio` (audio_flow.py) -- which all emit
-through one `Outbox` (actions.py). Injected messages and the user's turn stay here, because they
-tie those parts together.
+The `Translator` is the coordinator: it owns the connection events and timers, parses frames,
+and routes each message or event through one of two explicit tables (`client_handlers`,
+`upstream_handlers`: type -> bound method) to the part that owns it -- `SessionUpdates`
+(session_update.py), `Turns` (turns.py), `Responses` (responses.py), `InputAudio`/`OutputAudio`
+(audio_flow.py) -- which all emit through one `Outbox` (actions.py). What happens when no
+response is live (`_when_idle`) is decided here, because it involves all of them.
 
 Frame routing follows the opcode (D1): `str` is a text frame, `bytes` a binary frame. The only
 binary frames sent to the client are decoded `response.output_audio.delta` payloads (R19).
