@@ -1,6 +1,6 @@
 """Sans-IO frame parser shared by both splice directions and the translator's MessageReader.
 
-Bytes in, events out, no socket: `FrameParser.next(buf, pos, end)` reads the frame starting
+Bytes in, events out, no socket: `FrameParser.next(buf, pos)` reads the frame starting
 at `buf[pos]` and returns what it is. It checks every header rule of RFC 6455 §5 (mask bit
 for the leg, RSV bits, opcodes, control frame size and fragmentation, continuation order)
 and the message size limit, which is refused from the header alone, before any payload is
@@ -92,11 +92,12 @@ class FrameParser:
     message (None: unbounded); `msg_op` is the opcode of the fragmented message in progress
     (None between messages)."""
 
-    __slots__ = ("masked", "max_message", "stream", "msg_op", "msg_size")
+    __slots__ = ("masked", "max_message", "limit", "stream", "msg_op", "msg_size")
 
     def __init__(self, *, masked: bool, max_message: int | None = None, stream: bool = False) -> None:
         self.masked = masked
         self.max_message = max_message
+        self.limit = (1 << 64) if max_message is None else max_message  # no None test per frame
         self.stream = stream
         self.msg_op: int | None = None
         self.msg_size = 0
@@ -119,24 +120,52 @@ class FrameParser:
             key = 0
         if size + ln != len(data) or b0 not in WHOLE_MESSAGE_B0:
             return None
-        if self.max_message is not None and ln > self.max_message:
+        if ln > self.limit:
             return None
         return b0, b0 & 0x0F, size, ln, key
 
-    def next(self, buf: bytes | bytearray | memoryview, pos: int, end: int) -> FrameEvent | None:
+    def next(self, buf: bytes | bytearray | memoryview, pos: int) -> FrameEvent | None:
         """The frame at `buf[pos]`; None when more bytes are needed before it can be told
-        (keep `buf[pos:end]` and call again with more). After a `CloseFrame`,
-        `ProtocolViolation` or `MessageTooLarge` the stream is over: do not call again."""
-        if self.masked:
-            fast = parse_client_data_header(buf, pos)
-            if fast is not None:
-                b0, ln, size, key = fast
-                return self._data(b0, b0 & 0x0F, ln, pos + size, end, key)
+        (keep `buf[pos:]` and call again with more). After a `CloseFrame`,
+        `ProtocolViolation` or `MessageTooLarge` the stream is over: do not call again.
+
+        The data-frame checks are written inline (not in a helper): this runs once per
+        frame on the hot path, where a call costs about 0.1 µs."""
+        masked = self.masked
+        fast = parse_client_data_header(buf, pos) if masked else parse_server_data_header(buf, pos)
+        if fast is None:
+            fast = self._header(buf, pos)
+            if type(fast) is not tuple:
+                return fast  # type: ignore[return-value]
+        b0 = fast[0]
+        ln = fast[1]
+        start = pos + fast[2]
+        op = b0 & 0x0F
+        msg_op = self.msg_op
+        if op == OP_CONT:
+            if msg_op is None:
+                return ProtocolViolation("continuation without start")
+            total = self.msg_size + ln
+        elif msg_op is not None:
+            return ProtocolViolation("message inside fragmented message")
         else:
-            fast = parse_server_data_header(buf, pos)  # type: ignore[assignment]
-            if fast is not None:
-                b0 = fast[0]
-                return self._data(b0, b0 & 0x0F, fast[1], pos + fast[2], end, 0)
+            msg_op = op
+            total = ln
+        if total > self.limit:
+            return _TOO_LARGE
+        if start + ln > len(buf) and not self.stream:
+            return None
+        if b0 & 0x80:
+            self.msg_op = None
+            self.msg_size = 0
+        else:
+            self.msg_op = msg_op
+            self.msg_size = total
+        return b0, msg_op, start, ln, (fast[3] if masked else 0)
+
+    def _header(self, buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int, int] | FrameEvent | None:
+        """The general header parser (what the fast paths leave): a data frame's (first
+        header byte without RSV bits, length, header size, key), or the event to return."""
         h = parse_header(buf, pos)
         if h is None:
             return None
@@ -144,11 +173,11 @@ class FrameParser:
         if err is not None:
             return ProtocolViolation(err)
         key = int.from_bytes(h.mask, "little") if h.mask is not None else 0
-        start = pos + h.size
         if h.opcode < 8:
-            return self._data((0x80 | h.opcode) if h.fin else h.opcode, h.opcode, h.length, start, end, key)
+            return (0x80 | h.opcode) if h.fin else h.opcode, h.length, h.size, key
+        start = pos + h.size
         fend = start + h.length
-        if fend > end:
+        if fend > len(buf):
             return None
         payload = xor_mask_at(buf, start, fend, key) if h.mask is not None else bytes(buf[start:fend])
         if h.opcode != OP_CLOSE:
@@ -158,30 +187,4 @@ class FrameParser:
         except CloseFrameError:
             return ProtocolViolation("invalid close frame")
         return CloseFrame(code, reason)
-
-    def _data(self, b0: int, op: int, ln: int, start: int, end: int, key: int) -> FrameEvent | None:
-        """A data frame header: fragmentation order and size limit, then the frame (updating
-        the message state) once it can be returned."""
-        msg_op = self.msg_op
-        if op == OP_CONT:
-            if msg_op is None:
-                return ProtocolViolation("continuation without start")
-            total = self.msg_size + ln
-        else:
-            if msg_op is not None:
-                return ProtocolViolation("message inside fragmented message")
-            msg_op = op
-            total = ln
-        limit = self.max_message
-        if limit is not None and total > limit:
-            return _TOO_LARGE
-        if start + ln > end and not self.stream:
-            return None
-        if b0 & 0x80:
-            self.msg_op = None
-            self.msg_size = 0
-        else:
-            self.msg_op = msg_op
-            self.msg_size = total
-        return b0, msg_op, start, ln, key
 

@@ -47,7 +47,7 @@ class MessageReader:
         pos = 0
         end = len(work)
         while pos < end:
-            ev = parser.next(work, pos, end)
+            ev = parser.next(work, pos)
             if ev is None:
                 break
             if type(ev) is tuple:

@@ -153,7 +153,6 @@ class _Leg(Leg):
         super().__init__()
         self.name = name
         self.broken = False  # a frame was cut mid-way: only a TCP close is possible
-        self.mid_message = False  # its wire is inside a message we forward (no injection now)
         self.ctrl: list[bytes] = []  # control answers held (see _control)
         self.ctrl_bytes = 0
 
@@ -197,7 +196,7 @@ class _Splice(LegPair):
         self.to_up = ToUpstream(
             self.c, self.up, self.keys, stats, max_message=policy.max_message_bytes,
             observer=policy.client_observer, answers=self.client_inject,
-            timed=bool(policy.idle_timeout or policy.client_keepalive),
+            clock=trio.current_time if policy.idle_timeout or policy.client_keepalive else None,
         )
         self.to_client = ToClient(
             self.up, self.c, self.keys, stats, observer=policy.upstream_observer, scrub=policy.scrubber,
@@ -316,9 +315,7 @@ class _Splice(LegPair):
         if ctrl:
             self._control(src, ctrl)
         if out:
-            dst = pump.dst
-            self._write(dst, out)
-            dst.mid_message = pump.wire_mid_message()
+            self._write(pump.dst, out)
         if self.client_inject:
             self._inject_client()
         if not self.to_client.rem and (self.c.ctrl or self.c_close_pending is not None):
@@ -351,7 +348,7 @@ class _Splice(LegPair):
         the rare case that the wire is inside an upstream message, they are dropped)."""
         frames = b"".join(build_frame(OP_TEXT, p) for p in self.client_inject)
         self.client_inject.clear()
-        if self.c.mid_message or self.to_client.rem or self.c.conn is None:
+        if self.to_client.wire_mid_message() or self.c.conn is None:
             return
         self._write(self.c, frames)
 
@@ -456,7 +453,7 @@ class _Splice(LegPair):
         payload = build_close_payload(code, reason)
         if leg is self.c:
             frame = build_frame(OP_CLOSE, payload)
-            if inject and not leg.mid_message:
+            if inject and not self.to_client.wire_mid_message():
                 frame = b"".join([*(build_frame(OP_TEXT, p) for p in inject), frame])
             self.stats.sent_client_close_code = 1005 if code is None else code
         else:
@@ -555,7 +552,6 @@ class _Splice(LegPair):
             self.pending.clear()
             self.pending_bytes = 0
         self.up_open = True
-        up.mid_message = self.to_up.wire_mid_message()
         if conn.broken:
             return
         if buffered:
@@ -632,6 +628,6 @@ class _Splice(LegPair):
                 await self.closing.wait()
 
     def _send_keepalive(self, payload: bytes) -> None:
-        if not self.up_open or self.up.mid_message:
+        if not self.up_open or self.to_up.wire_mid_message():
             return  # never inside a fragmented client message
         self._write(self.up, build_frame(OP_TEXT, payload, keys=self.keys))

@@ -20,9 +20,8 @@ above (frames.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-import trio
 
 from voxgate.workers.closecodes import map_close_code, safe_reason
 from voxgate.workers.frameparser import (
@@ -73,8 +72,8 @@ class Pump:
         raise NotImplementedError
 
     def wire_mid_message(self) -> bool:
-        """Whether `dst`'s wire is inside a message after what was just forwarded."""
-        return self.parser.msg_op is not None
+        """Whether `dst`'s wire is inside a message we forward (nothing may be injected)."""
+        raise NotImplementedError
 
     def peer_closed(self, code: int | None, reason: bytes) -> tuple[int | None, str]:
         """`src` sent its close (code None: no status): record it, and say what `dst` gets."""
@@ -88,14 +87,24 @@ class ToUpstream(Pump):
     violation_to_peer = (1000, "")
 
     def __init__(self, src: Leg, dst: Leg, keys: MaskKeys, stats: SpliceStats, *, max_message: int,
-                 observer: ClientObserver | None, answers: list[bytes], timed: bool) -> None:
+                 observer: ClientObserver | None, answers: list[bytes],
+                 clock: Callable[[], float] | None = None) -> None:
         super().__init__(src, dst, FrameParser(masked=True, max_message=max_message), keys, stats)
         self.observer = observer
         self.answers = answers  # the observer's TEXT payloads for the client (the session sends them)
         self.obs: bytearray | None = None  # a fragmented text message being joined for the observer
         self.buf = bytearray()  # an incomplete frame
-        self.timed = timed  # whether `last_data` is kept (the session's idle timer and keepalive)
-        self.last_data = trio.current_time()
+        # when the client last sent a data frame, kept only for the session's idle timer and
+        # keepalive (with their `clock`: a clock read per read is not free)
+        self.clock = clock
+        self.last_data = clock() if clock is not None else 0.0
+
+    def wire_mid_message(self) -> bool:
+        op = self.parser.msg_op
+        if op is None:
+            return False
+        # a text message joined for a rewriting observer goes out whole, at its last fragment
+        return not (op == OP_TEXT and self.observer is not None and self.observer.rewrites)
 
     def peer_closed(self, code: int | None, reason: bytes) -> tuple[int | None, str]:
         self.stats.client_close_code = 1005 if code is None else code
@@ -135,7 +144,7 @@ class ToUpstream(Pump):
         stop = None
         saw_data = False
         while pos < end:
-            ev = parser.next(work, pos, end)
+            ev = parser.next(work, pos)
             if ev is None:
                 break
             if type(ev) is tuple:
@@ -160,8 +169,8 @@ class ToUpstream(Pump):
         return (b"".join(up) if up else None), down, pos, stop
 
     def _touch(self) -> None:
-        if self.timed:
-            self.last_data = trio.current_time()
+        if self.clock is not None:
+            self.last_data = self.clock()
 
     def _data(self, work: bytes | bytearray, ev: tuple[int, int, int, int, int]) -> bytes:
         """One complete client data frame: the frame for the upstream (b"" when it is held to
@@ -238,6 +247,7 @@ class ToClient(Pump):
         self.rem = 0  # payload bytes still to stream for the current data frame
         self.fin = 0  # whether that frame ends its message
         self.op = 0  # that frame's message opcode
+        self.watch = False  # whether its payload is scrubbed or observed (else just forwarded)
         self.obs: bytearray | None = None  # the text message being collected for the observer
         self.scrub_ctx = b""  # last key-piece context of the text message being forwarded
         self.tail = b""  # an incomplete header or control frame
@@ -257,28 +267,26 @@ class ToClient(Pump):
         elif not self.rem:
             whole = self.parser.whole_message(data)
             if whole is not None and (self.observer is None or whole[0] == 0x82):
-                return self._whole(data, whole), None, None
+                # The usual realtime read: exactly one whole unfragmented message, not observed.
+                b0, _, size, ln, _ = whole
+                stats = self.stats
+                stats.frames_down += 1
+                stats.bytes_down += ln
+                if b0 == 0x82:
+                    stats.binary_down += ln
+                    if self.observer is not None:
+                        self.observer.observe_binary()
+                elif self.scrub is not None:
+                    masked = self.scrub.mask(memoryview(data)[size:])
+                    if masked is not None:
+                        data = data[:size] + masked
+                return data, None, None
         return self._loop(data)
-
-    def _whole(self, data: bytes, whole: tuple[int, int, int, int, int]) -> bytes:
-        """The usual realtime read: exactly one whole unfragmented message, not observed."""
-        b0, _, size, ln, _ = whole
-        stats = self.stats
-        stats.frames_down += 1
-        stats.bytes_down += ln
-        if b0 == 0x82:
-            stats.binary_down += ln
-            if self.observer is not None:
-                self.observer.observe_binary()
-        elif self.scrub is not None:
-            masked = self.scrub.mask(memoryview(data)[size:])
-            if masked is not None:
-                data = data[:size] + masked
-        return data
 
     def _loop(self, data: bytes | bytearray) -> tuple[bytes | bytearray | None, bytearray | None, Stop | None]:
         """Split a chunk of upstream bytes: data frames forwarded as they are, also partially
-        (runs of unchanged bytes as views of `data`), control frames cut out."""
+        (runs of unchanged bytes as views of `data`), control frames cut out. The usual
+        frame (a whole binary message) is accounted for inline: a call per frame costs."""
         mv = memoryview(data)
         n = len(data)
         pos = 0
@@ -287,21 +295,41 @@ class ToClient(Pump):
         ctrl: bytearray | None = None
         stop = None
         parser = self.parser
+        stats = self.stats
         while pos < n:
-            if self.rem:
+            rem = self.rem
+            if rem:  # payload bytes of the current frame
                 if run < 0:
                     run = pos
-                data, mv, pos, run = self._payload(out, data, mv, pos, n, run)
+                if self.watch:
+                    data, mv, pos, run = self._payload(out, data, mv, pos, n, run)
+                elif n - pos >= rem:
+                    pos += rem
+                    self.rem = 0
+                else:
+                    self.rem = rem - (n - pos)
+                    pos = n
                 continue
-            ev = parser.next(data, pos, n)
+            ev = parser.next(data, pos)
+            if type(ev) is tuple:  # a data frame header, forwarded as it is
+                if run < 0:
+                    run = pos
+                b0, msg_op, pos, ln, _ = ev
+                stats.frames_down += 1
+                stats.bytes_down += ln
+                self.rem = ln
+                if b0 == 0x82:  # a whole binary message: metered, its payload just forwarded
+                    stats.binary_down += ln
+                    self.fin = 0x80
+                    self.watch = False
+                    if self.observer is not None:
+                        self.observer.observe_binary()
+                else:
+                    run = self._header(out, mv, b0, msg_op, pos, ln, run)
+                continue
             if ev is None:
                 self.tail = bytes(mv[pos:])
                 break
-            if type(ev) is tuple:
-                if run < 0:
-                    run = pos
-                pos, run = self._header(out, mv, ev, run)
-                continue
             if run >= 0:
                 out.append(mv[run:pos])
                 run = -1
@@ -310,9 +338,7 @@ class ToClient(Pump):
                 break
             pos = ev.end
             if ev.opcode == OP_PING:
-                if ctrl is None:
-                    ctrl = bytearray()
-                ctrl += build_frame(OP_PONG, ev.payload, keys=self.keys)
+                ctrl = self._pong(ctrl, ev.payload)
             # pongs: dropped (P16)
         if run >= 0 and pos > run:
             out.append(data if run == 0 and pos == n else mv[run:pos])
@@ -320,29 +346,32 @@ class ToClient(Pump):
             return None, ctrl, stop
         return (out[0] if len(out) == 1 else b"".join(out)), ctrl, stop
 
-    def _header(self, out: list, mv: memoryview, ev: tuple[int, int, int, int, int], run: int) -> tuple[int, int]:
-        """A data frame header, forwarded as it is: start streaming its payload. Returns the
-        position after the header and the run start."""
-        b0, msg_op, start, ln, _ = ev
+    def _pong(self, ctrl: bytearray | None, payload: bytes) -> bytearray:
+        """The answer to an upstream ping, masked, added to the control answers of this read."""
+        if ctrl is None:
+            ctrl = bytearray()
+        ctrl += build_frame(OP_PONG, payload, keys=self.keys)
+        return ctrl
+
+    def _header(self, out: list, mv: memoryview, b0: int, msg_op: int, start: int, ln: int, run: int) -> int:
+        """Any other data frame header: message start (scrub context, observed text),
+        metering, how its payload is streamed. Returns the run start."""
         observer = self.observer
         if b0 & 0x0F != OP_CONT:
             self.scrub_ctx = b""
             if msg_op == OP_TEXT and observer is not None and observer.wants_text:
                 self.obs = bytearray()
-        stats = self.stats
         if msg_op == OP_BINARY:
-            stats.binary_down += ln
+            self.stats.binary_down += ln
             if observer is not None:
                 observer.observe_binary()
-        stats.frames_down += 1
-        stats.bytes_down += ln
         fin = b0 & 0x80
         self.fin = fin
-        self.rem = ln
         self.op = msg_op
+        self.watch = self.obs is not None or (self.scrub is not None and msg_op == OP_TEXT)
         if ln == 0 and fin and self.obs is not None:
             run = self._observe(out, mv, run, start)
-        return start, run
+        return run
 
     def _payload(self, out: list, data: bytes | bytearray, mv: memoryview, pos: int, n: int,
                  run: int) -> tuple[bytes | bytearray, memoryview, int, int]:
