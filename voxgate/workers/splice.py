@@ -26,11 +26,12 @@ payload bytes.
   CLOSE_TIMEOUT, then TCP is closed; a leg whose byte stream can no longer be parsed
   (protocol error, oversized message, internal error) is half-closed and drained instead.
 
-Three rooms: frames are parsed by `frameparser.FrameParser` (sans-IO, typed events); what
-each direction does with them is a pump in `splice_pumps.py` (`ToUpstream`, `ToClient`:
-re-masking, streaming, key scrubbing, observers, metering); this module is the session:
-one read path (`_read`) and one write path (`_write`) for both directions, backpressure,
-the closing handshake, the upstream connect and the timers.
+Four rooms, in the order a frame crosses them: `frameparser.FrameParser` parses it (sans-IO,
+typed events); a pump in `splice_pumps.py` says what it becomes on the other leg (`ToUpstream`,
+`ToClient`: re-masking, streaming, key scrubbing, observers, metering); this module is the
+session: one read path (`_read`) and one write path (`_write`) for both directions,
+backpressure, the upstream connect and the timers; every way it ends is in `splice_close.py`
+(`ClosingHandshake`).
 """
 
 from __future__ import annotations
@@ -45,12 +46,11 @@ import trio
 
 from voxgate.workers.dataplane import HIGH_WATER, attach
 from voxgate.workers.errors import UpstreamConnectError
-from voxgate.workers.frameparser import CloseFrame, MessageTooLarge
-from voxgate.workers.frames import OP_CLOSE, OP_TEXT, MaskKeys, build_close_payload, build_frame
+from voxgate.workers.frames import OP_TEXT, MaskKeys, build_frame
 from voxgate.workers.keyscrub import KeyScrubber
-from voxgate.workers.legs import Leg, LegPair
 from voxgate.workers.limits import LIMITS
-from voxgate.workers.splice_pumps import Pump, Stop, ToClient, ToUpstream
+from voxgate.workers.splice_close import ClosingHandshake, SpliceLeg
+from voxgate.workers.splice_pumps import Pump, ToClient, ToUpstream
 
 __all__ = ["ClientObserver", "SplicePolicy", "SpliceStats", "UpstreamObserver", "run_splice", "CLOSE_TIMEOUT"]
 
@@ -148,23 +148,7 @@ async def run_splice(
                     await trio.aclose_forcefully(stream)
 
 
-class _Leg(Leg):
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-        self.broken = False  # a frame was cut mid-way: only a TCP close is possible
-        self.ctrl: list[bytes] = []  # control answers held (see _control)
-        self.ctrl_bytes = 0
-
-    def dead(self) -> None:
-        self.in_closed = self.out_closed = True
-        self.ctrl.clear()
-        self.ctrl_bytes = 0
-        if self.conn is not None:
-            self.conn.discard_output()
-
-
-class _Splice(LegPair):
+class _Splice(ClosingHandshake):
     def __init__(
         self,
         client: trio.abc.Stream,
@@ -176,8 +160,8 @@ class _Splice(LegPair):
     ) -> None:
         self.client_stream = client
         self.up_stream: trio.abc.Stream | None = None
-        self.c = _Leg("client")
-        self.up = _Leg("upstream")
+        self.c = SpliceLeg("client")
+        self.up = SpliceLeg("upstream")
         self.client_buffered = client_buffered
         self.connect = connect
         self.policy = policy
@@ -248,29 +232,6 @@ class _Splice(LegPair):
         except Exception:  # noqa: BLE001
             self._fault(None)
 
-    def _fault(self, reads: _Leg | None, exc: BaseException | None = None) -> None:
-        """A bug while handling a leg (`reads`, whose stream can no longer be parsed) or in a
-        task: 1011 to the client, 1000 upstream; `reads` is drained until the peer's EOF."""
-        self._end("error")
-        closes = {self.c: (1011, "internal error"), self.up: (1000, "")}
-        for leg, (code, reason) in closes.items():
-            if leg is not reads:
-                self._close_leg(leg, code, reason)
-        if reads is not None:
-            self._close_leg(reads, *closes[reads])
-            if not reads.in_closed:
-                self._drain(reads)
-        self._flow()
-        self._check()
-
-    def _end(self, reason: str) -> bool:
-        """Record why the session ends (first cause wins); False if it was already ending."""
-        if self.closing.is_set():
-            return False
-        self.stats.end_reason = reason
-        self.closing.set()
-        return True
-
     def _flow(self) -> None:
         """Backpressure: which legs are read (see the module docstring)."""
         c, up = self.c, self.up
@@ -330,7 +291,7 @@ class _Splice(LegPair):
         if dc is None or dc.out_bytes > HIGH_WATER or src.ctrl_bytes:  # else nothing to pause
             self._flow()
 
-    def _write(self, leg: _Leg, data: bytes | bytearray) -> None:
+    def _write(self, leg: SpliceLeg, data: bytes | bytearray) -> None:
         """Every byte the session sends goes here. Nothing after our close (P11: client
         frames after the upstream closed are dropped); toward an upstream still connecting,
         queued (bounded, see _flow)."""
@@ -352,17 +313,7 @@ class _Splice(LegPair):
             return
         self._write(self.c, frames)
 
-    def _client_boundary(self) -> None:
-        """The client wire is at a frame boundary again: what waited for it goes out."""
-        c = self.c
-        if c.ctrl:
-            self._flush_control(c)
-        pending = self.c_close_pending
-        if pending is not None:
-            self.c_close_pending = None
-            self._close_leg(c, *pending)
-
-    def _control(self, leg: _Leg, frames: bytes | bytearray) -> None:
+    def _control(self, leg: SpliceLeg, frames: bytes | bytearray) -> None:
         """Control answers (pongs) to `leg`'s peer. Held while that wire is inside a streamed
         frame or its peer is not reading (queue over HIGH_WATER); past MAX_QUEUED_CONTROL
         held bytes the leg is not read any more, so a peer that floods pings and never reads
@@ -377,7 +328,7 @@ class _Splice(LegPair):
             return
         self._write(leg, frames)
 
-    def _flush_control(self, leg: _Leg, force: bool = False) -> None:
+    def _flush_control(self, leg: SpliceLeg, force: bool = False) -> None:
         conn = leg.conn
         if conn is None or leg.out_closed and not force:
             leg.ctrl.clear()
@@ -389,148 +340,6 @@ class _Splice(LegPair):
         leg.ctrl.clear()
         leg.ctrl_bytes = 0
         self._write(leg, data)
-
-    # ---------------------------------------------------------------- the closing handshake
-
-    def _stop(self, pump: Pump, ev: Stop) -> None:
-        """The event that ends a direction: its source's close, a message over the limit, or
-        a protocol violation (the rest of that byte stream cannot be parsed)."""
-        src, dst = pump.src, pump.dst
-        if type(ev) is CloseFrame:
-            src.in_closed = True
-            to_dst = pump.peer_closed(ev.code, ev.reason)
-            if src.out_closed:  # the reply to our close
-                self._check()
-                return
-            self._end(src.name + "_closed")
-            self._close_leg(dst, *to_dst)
-            self._close_leg(src, ev.code, "")  # echo the peer's code (RFC 6455 §5.5.1)
-            return
-        if type(ev) is MessageTooLarge:
-            self._too_large(src)
-            return
-        if self._end("protocol_error:" + src.name):
-            self._close_leg(dst, *pump.violation_to_peer)
-        self._close_leg(src, 1002, "protocol error")
-        if not src.in_closed:
-            self._drain(src)
-
-    def _too_large(self, src: _Leg) -> None:
-        """A client message over max_message_bytes, refused from its header: the payload is
-        never read, not even to drain it (issue 16 §6); TCP is closed once our close is out."""
-        limit = "message_too_large"
-        inject = None
-        if self._end("limit:" + limit):
-            inject = self._limit_frames(limit)
-            self._close_leg(self.up, LIMITS[limit].upstream_close, limit)
-        self._close_leg(src, LIMITS[limit].client_close, limit, inject)
-        src.in_closed = True
-        self._flow()
-        self._check()
-
-    def _close_leg(self, leg: _Leg, code: int | None, reason: str, inject: list[bytes] | None = None) -> None:
-        """Send our close frame on `leg` once (after `inject` text frames toward the client,
-        when its wire is at a message boundary). `code` None sends a close without status.
-        Toward a client whose wire is inside a streamed frame, it waits for that frame's end."""
-        if leg.out_closed:
-            return
-        if leg is self.up and leg.conn is None:
-            self._abandon_upstream()
-            return
-        if leg is self.c and self.to_client.rem and not leg.broken:
-            if self.c_close_pending is None:
-                self.c_close_pending = (code, reason, inject)
-            return
-        if leg.broken:
-            leg.dead()
-            self._check()
-            return
-        conn = leg.conn
-        assert conn is not None
-        if leg.ctrl:
-            self._flush_control(leg, force=True)
-        leg.out_closed = True
-        payload = build_close_payload(code, reason)
-        if leg is self.c:
-            frame = build_frame(OP_CLOSE, payload)
-            if inject and not self.to_client.wire_mid_message():
-                frame = b"".join([*(build_frame(OP_TEXT, p) for p in inject), frame])
-            self.stats.sent_client_close_code = 1005 if code is None else code
-        else:
-            frame = build_frame(OP_CLOSE, payload, keys=self.keys)
-        self._write_close(leg, conn, frame)
-
-    def _abandon_upstream(self) -> None:
-        """The upstream is not open (and now never will be)."""
-        self.connect_scope.cancel()
-        self.up.dead()
-        self.pending.clear()
-        self.pending_bytes = 0
-        self._check()
-
-    def _on_client_eof(self) -> None:
-        c = self.c
-        if c.draining:
-            c.in_closed = True
-            self._check()
-        elif not c.in_closed:
-            self._client_dropped()
-
-    def _on_up_eof(self) -> None:
-        up = self.up
-        if up.draining:
-            up.in_closed = True
-            self._check()
-            return
-        if up.in_closed:
-            return
-        if self.to_client.rem:
-            self.c.broken = True  # a frame was cut: the client can only get a TCP close
-            self.to_client.rem = 0
-            if self.c_close_pending is not None:
-                self._client_boundary()
-        self._upstream_dropped()
-
-    def _client_dropped(self) -> None:
-        self.c.dead()
-        self._end("client_closed")
-        self._close_leg(self.up, 1000, "")
-        if self.up.conn is None:
-            self._abandon_upstream()
-        self._flow()
-        self._check()
-
-    def _upstream_dropped(self) -> None:
-        self.up.dead()
-        self._end("upstream_closed")
-        self._close_leg(self.c, 1011, "upstream error")
-        self._flow()
-        self._check()
-
-    def _limit_frames(self, code: str) -> list[bytes] | None:
-        return self.policy.on_limit(code) if self.policy.on_limit else None
-
-    def _limit(self, code: str) -> None:
-        """A gateway limit ends the session: on_limit frames, then the limit's close codes."""
-        if not self._end("limit:" + code):
-            return
-        limit = LIMITS[code]
-        self._close_leg(self.c, limit.client_close, code, self._limit_frames(code))
-        self._close_leg(self.up, limit.upstream_close, code)
-        self._flow()
-
-    def _drain(self, leg: _Leg) -> None:
-        """After failing a leg (its byte stream can no longer be parsed): let the peer see
-        EOF after our close frame, discard what it still sends, and stop at its EOF."""
-        conn = leg.conn
-        if conn is None or conn.broken:
-            leg.dead()
-            self._check()
-            return
-        leg.draining = True
-        if leg.out_closed:
-            conn.shutdown_after_flush()
-        self._flow()
 
     # ---------------------------------------------------------------- upstream opening
 
