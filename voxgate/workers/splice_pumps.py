@@ -122,7 +122,8 @@ class ToUpstream(Pump):
             frame = self._data(work, whole)
             if work is buf:
                 buf.clear()
-            self._touch()
+            if self.clock is not None:
+                self.last_data = self.clock()
             return frame, None, None
         out, down, pos, stop = self._loop(work)
         if stop is not None:
