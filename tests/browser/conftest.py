@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DEEPGRAM_KEY, OPENAI_KEY
 from tests.support.browser import Simulators, ensure_chromium, launch, write_mic_wav
 from tests.support.gateway import Gateway, base_env, start_gateway
+from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
 
 
 @pytest.fixture(scope="module")

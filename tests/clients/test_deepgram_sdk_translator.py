@@ -18,9 +18,10 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.conftest import DEEPGRAM_KEY, OPENAI_KEY, gateway_env
 from tests.support.deepgram_helpers import SETTINGS
 from tests.support.deepgram_sdk import sdk_client
+from tests.support.gateway import gateway_env
+from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 
 DUMMY = "dg-client-side-dummy-key"

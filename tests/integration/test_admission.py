@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.integration.test_supervisor import echo_env
+from tests.support.gateway import echo_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT, RawClient, close_code
 from tests.support.upstream import EchoUpstream
 

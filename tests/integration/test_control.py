@@ -9,12 +9,12 @@ import json
 import pytest
 import trio
 
-from tests.conftest import gateway_env
-from tests.integration.test_supervisor import echo_env
-from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT, RawClient, close_code
+from tests.support.admin import ADMIN, admin, wait_sessions
+from tests.support.agent_client import Client
+from tests.support.gateway import echo_env, gateway_env
+from tests.support.rawws import OP_BIN, OP_TEXT, RawClient, read_until_close
 from tests.support.upstream import EchoUpstream
 
-ADMIN = "Qm7Vt2Lx9w-admin"
 TOKEN = "Hy4Nc8Rb3s-client"
 
 
@@ -23,44 +23,6 @@ async def echo(nursery):
     up = EchoUpstream()
     up.port = await nursery.start(up.serve)
     return up
-
-
-async def admin(gw, method: str, path: str, token: str | None = ADMIN, body: bytes | None = None) -> tuple[int, dict]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    status, _, data = await trio.to_thread.run_sync(lambda: gw.http(path, method=method, headers=headers, body=body))
-    try:
-        return status, json.loads(data)
-    except ValueError:
-        return status, {"raw": data.decode("latin-1")}
-
-
-async def wait_sessions(gw, predicate, query: str = "", timeout: float = 5.0) -> list[dict]:
-    """Poll GET /v1/sessions until `predicate(sessions)` holds (bounded)."""
-    sessions: list[dict] = []
-    with trio.fail_after(timeout):
-        while True:
-            status, body = await admin(gw, "GET", "/v1/sessions" + query)
-            assert status == 200, body
-            sessions = body["sessions"]
-            if predicate(sessions):
-                return sessions
-            await trio.sleep(0.05)
-
-
-async def read_until_close(client: RawClient, timeout: float = 5.0) -> tuple[list[tuple[int, bytes]], int | None]:
-    """Every data message until the close frame: (messages, close code)."""
-    messages = []
-    with trio.fail_after(timeout):
-        while True:
-            got = await client.recv_message()
-            if got is None:
-                return messages, None
-            op, payload = got
-            if op == OP_CLOSE:
-                return messages, close_code(payload)
-            messages.append((op, payload))
 
 
 async def test_admin_api_needs_the_admin_token(gateway_factory, echo):
@@ -320,8 +282,6 @@ def upstream_updates(record) -> list[dict]:
 
 
 async def test_policy_pins_translator_settings(gateway_factory, openai_sim, nursery, tmp_path):
-    from tests.integration.test_translator import Client
-
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY_YAML)
     gw = await gateway_factory("--session-policy", str(policy), env=gateway_env(openai_sim))

@@ -10,9 +10,8 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.conftest import OPENAI_KEY, astop
-from tests.integration.test_supervisor import echo_env
-from tests.support.gateway import base_env, run_cli
+from tests.support.gateway import astop, base_env, echo_env, run_cli
+from tests.support.keys import OPENAI_KEY
 from tests.support.rawws import RawClient
 from tests.support.upstream import EchoUpstream
 

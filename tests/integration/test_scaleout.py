@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from tests.conftest import astart_gateway, astop
-from tests.integration.test_control import ADMIN, admin, read_until_close
-from tests.integration.test_supervisor import echo_env
-from tests.support.gateway import Gateway, kill_if_alive
-from tests.support.rawws import OP_BIN, OP_TEXT, RawClient
+from tests.support.admin import ADMIN, admin
+from tests.support.gateway import Gateway, astart_gateway, astop, echo_env, kill_if_alive
+from tests.support.rawws import OP_BIN, OP_TEXT, RawClient, read_until_close
 from tests.support.scaleout import HAProxy, RedisServer, require_binaries
 from tests.support.upstream import EchoUpstream
 

@@ -11,8 +11,8 @@ import trio
 import trio_websocket as tws
 import trustme
 
-from tests.conftest import OPENAI_KEY
 from tests.support.gateway import base_env
+from tests.support.keys import OPENAI_KEY
 
 
 async def tls_terminator(ca: trustme.CA, target_port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -3,9 +3,6 @@ official deepgram-sdk, so the gateway's tests can trust what it does on the wire
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,13 +10,24 @@ import orjson
 import pytest
 import trio
 from trio_websocket import (
-    ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,
-    open_websocket_url,
 )
 
 from tests.support import deepgram_sdk
+from tests.support.deepgram_sim_client import (
+    AUTH,
+    KEY,
+    Sim,
+    closed_with,
+    connect,
+    recv,
+    send_audio,
+    send_json,
+    typed,
+    types,
+    until,
+)
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import (
     AGENT_AUDIO_MS,
@@ -31,8 +39,6 @@ from voxgate.simulate.deepgram import (
     encode_pcm16,
 )
 
-KEY = "test-deepgram-key-0123456789"
-AUTH = [("Authorization", f"Token {KEY}")]
 UPGRADE = (
     "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -60,69 +66,11 @@ def settings(**agent: Any) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class Sim:
-    sim: DeepgramSimulator
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-
 @pytest.fixture
 async def sim(nursery: trio.Nursery) -> Sim:
     simulator = DeepgramSimulator(api_key=KEY, listen_idle_timeout=0.3)
     port = await nursery.start(simulator.serve)
     return Sim(simulator, port)
-
-
-@asynccontextmanager
-async def connect(
-    s: Sim, path: str, query: str = "", *, headers: list[tuple[str, str]] | None = None, **kw: Any
-) -> AsyncIterator[WebSocketConnection]:
-    url = f"{s.url}{path}" + (f"?{query}" if query else "")
-    async with open_websocket_url(
-        url, extra_headers=AUTH if headers is None else headers, connect_timeout=2, **kw
-    ) as ws:
-        yield ws
-
-
-async def recv(ws: WebSocketConnection) -> Any:
-    """Next message: parsed JSON for text frames, raw bytes for binary ones."""
-    msg = await ws.get_message()
-    return orjson.loads(msg) if isinstance(msg, str) else msg
-
-
-async def until(ws: WebSocketConnection, stop: Callable[[Any], bool]) -> list[Any]:
-    """Messages up to and including the first one for which ``stop`` holds."""
-    out: list[Any] = []
-    while True:
-        out.append(await recv(ws))
-        if stop(out[-1]):
-            return out
-
-
-def typed(kind: str) -> Callable[[Any], bool]:
-    return lambda m: isinstance(m, dict) and m.get("type") == kind
-
-
-def types(messages: list[Any]) -> list[str]:
-    return [m["type"] if isinstance(m, dict) else "<binary>" for m in messages]
-
-
-async def send_json(ws: WebSocketConnection, obj: Any) -> None:
-    await ws.send_message(orjson.dumps(obj).decode())
-
-
-async def closed_with(ws: WebSocketConnection) -> tuple[list[Any], int, str | None]:
-    """Drain until the server closes; returns (messages, close code, reason)."""
-    out: list[Any] = []
-    try:
-        while True:
-            out.append(await recv(ws))
-    except ConnectionClosed as exc:
-        return out, exc.reason.code, exc.reason.reason
 
 
 async def applied_agent(ws: WebSocketConnection, body: dict[str, Any] | None = None) -> None:
@@ -443,11 +391,6 @@ async def test_json_binary_knob_sends_json_in_binary_frames(sim: Sim) -> None:
 # Listen
 
 LISTEN_Q = "model=nova-3&encoding=linear16&sample_rate=16000&interim_results=true&vad_events=true&utterance_end_ms=1000"
-
-
-async def send_audio(ws: WebSocketConnection, audio: bytes, frame: int = 3200) -> None:
-    for i in range(0, len(audio), frame):
-        await ws.send_message(audio[i : i + frame])
 
 
 async def test_listen_interim_final_speech_started_utterance_end_and_close_stream(sim: Sim) -> None:
