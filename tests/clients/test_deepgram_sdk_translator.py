@@ -18,10 +18,10 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.support.deepgram_helpers import SETTINGS
 from tests.support.deepgram_sdk import sdk_client
 from tests.support.gateway import gateway_env
 from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
+from tests.support.settings import FULL_SETTINGS
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 
 DUMMY = "dg-client-side-dummy-key"
@@ -59,7 +59,7 @@ def dialogue(port: int, path: str, *, speak: bool) -> list[Any]:
     seen: list[Any] = []
     with sdk_client(port, DUMMY, path=path).agent.v1.connect() as agent:
         agent._websocket.socket.settimeout(10)  # noqa: SLF001 - never hang the worker thread
-        agent.send_settings(AgentV1Settings(**SETTINGS))
+        agent.send_settings(AgentV1Settings(**FULL_SETTINGS))
         _until(agent, seen, _is("SettingsApplied"))
         agent.send_inject_user_message(AgentV1InjectUserMessage(content="hi sdk"))
         _until(agent, seen, _is("AgentAudioDone"))
@@ -106,7 +106,7 @@ async def test_bare_openai_path_keeps_the_reference_dialect(gw, openai_sim):
     """dg_react_agent connects to bare `/openai` and expects the reference's message set."""
     async with tws.open_websocket_url(f"ws://127.0.0.1:{gw.port}/openai") as ws:
         assert orjson.loads(await ws.get_message())["type"] == "Welcome"
-        await ws.send_message(orjson.dumps(SETTINGS).decode())
+        await ws.send_message(orjson.dumps(FULL_SETTINGS).decode())
         kinds: list[str] = []
         with trio.fail_after(10):
             while "SettingsApplied" not in kinds:

@@ -23,9 +23,10 @@ import orjson
 import pytest
 import trio
 
-from tests.support.deepgram_helpers import SETTINGS, DGClient, json_type, key_leaks
+from tests.support.deepgram_helpers import DGClient, json_type, key_leaks
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT
+from tests.support.settings import BRIEF_SETTINGS, FULL_SETTINGS
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import DeepgramSimulator
 from voxgate.simulate.openai import OpenAISimulator
@@ -212,7 +213,7 @@ async def test_full_sessions_on_every_path_leak_no_secret(rec, sims):
         client = await rec.connect(gw, f"/openai?token={TOKEN_A}")
         assert client.status == 101
         await messages_until(client, of_type("Welcome"))
-        await client.send_text({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+        await client.send_text(BRIEF_SETTINGS)
         await messages_until(client, of_type("SettingsApplied"))
         await client.send_text({"type": "InjectUserMessage", "content": "hello secrets"})
         texts = []
@@ -238,7 +239,7 @@ async def test_full_sessions_on_every_path_leak_no_secret(rec, sims):
         # /deepgram-proxy agent (a minted token as subprotocol access_token.<t>)
         client = await rec.connect(gw, "/deepgram-proxy", subprotocols=[f"access_token.{signed}"])
         assert client.status == 101
-        await client.send_text(SETTINGS)
+        await client.send_text(FULL_SETTINGS)
         await client.send_text({"type": "InjectUserMessage", "content": "hello agent"})
         await messages_until(client, of_type("AgentAudioDone"))
         assert await client.finish(1000) == 1000
@@ -302,7 +303,7 @@ async def test_failure_paths_leak_no_secret(rec, sims, wrong_sims):
         # of it): the translator masks key-shaped text before it reaches the client
         client = await rec.connect(gw, f"/openai?token={TOKEN_B}")
         await messages_until(client, of_type("Welcome"))
-        await client.send_text({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+        await client.send_text(BRIEF_SETTINGS)
         await messages_until(client, of_type("SettingsApplied"))
         openai_sim.push(openai_sim.connections[-1], {"type": "error", "error": {
             "type": "invalid_request_error", "code": "invalid_api_key",

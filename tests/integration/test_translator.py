@@ -31,18 +31,17 @@ from tests.support.gateway import Gateway, base_env, start_gateway
 from tests.support.keys import OPENAI_KEY
 from tests.support.portfwd import Forwarder
 from tests.support.scripted_openai import FakeConn, Script, ScriptedOpenAI
+from tests.support.settings import (
+    BRIEF_SETTINGS,
+    CONTEXT,
+    MANUAL_SETTINGS,
+    MINIMAL_DEEPGRAM_SETTINGS,
+    PROMPT,
+    SETTINGS,
+    settings_message,
+)
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 
-SETTINGS = {"type": "Settings", "agent": {"think": {"prompt": "Help."}}}
-MANUAL = {"type": "Settings", "agent": {"think": {"prompt": "Help."}, "useOpenAIManualAudioCommit": True}}
-MINIMAL_DEEPGRAM = {
-    "type": "Settings",
-    "audio": {
-        "input": {"encoding": "linear16", "sample_rate": 24000},
-        "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
-    },
-    "agent": {"think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}}},
-}
 CLIENT_TYPES = {
     "Welcome", "SettingsApplied", "PromptUpdated", "InjectionRefused", "ConversationText",
     "AgentStartedSpeaking", "AgentThinking", "AgentDone", "AgentAudioDone", "FunctionCallRequest",
@@ -192,7 +191,7 @@ async def test_a3_duplicate_settings_answered_after_the_real_one(gw, fake, conne
 
 
 async def test_a4_greeting_is_text_only(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, {"type": "Settings", "agent": {"greeting": "Hi"}})
+    client, conn = await ready(gw, fake, connect, settings_message({"greeting": "Hi"}))
     await client.wait_type("AgentAudioDone")
     await client_marker(conn, client)
     assert client.frames[1:5] == [
@@ -205,8 +204,7 @@ async def test_a4_greeting_is_text_only(gw, fake, connect):
 
 
 async def test_a5_context_suppresses_the_greeting(gw, fake, connect):
-    settings = {"type": "Settings", "agent": {"greeting": "Hi", "think": {"prompt": "Help."}, "context": {
-        "messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there!"}]}}}
+    settings = settings_message({"greeting": "Hi", "think": {"prompt": PROMPT}, "context": CONTEXT})
     client, conn = await ready(gw, fake, connect, settings)
     await upstream_marker(conn, client)
     assert client.after_welcome() == ["SettingsApplied", "UtteranceEnd"]
@@ -343,7 +341,7 @@ async def test_m1_audio_before_ready_is_held_then_resampled(gw, fake, connect):
 
 
 async def test_m2_manual_commit_after_the_debounce(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, MANUAL)
+    client, conn = await ready(gw, fake, connect, MANUAL_SETTINGS)
     await client.send(bytes(40000))
     await conn.wait_for(lambda c: c.count("response.create") == 1)
     types = conn.types()
@@ -354,7 +352,7 @@ async def test_m2_manual_commit_after_the_debounce(gw, fake, connect):
 
 
 async def test_m3_manual_mode_no_commit_below_the_threshold(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, MANUAL)
+    client, conn = await ready(gw, fake, connect, MANUAL_SETTINGS)
     await client.send(bytes(500))
     await conn.wait_for(lambda c: c.count("input_audio_buffer.append") == 1)
     await trio.sleep(0.6)  # past the 400 ms debounce: the timer fired and found too little audio
@@ -374,7 +372,7 @@ async def test_m4_server_vad_mode_only_appends(gw, fake, connect):
 
 
 async def test_m5_manual_mode_continuous_audio_still_commits(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, MANUAL)
+    client, conn = await ready(gw, fake, connect, MANUAL_SETTINGS)
     started = trio.current_time()
     with trio.move_on_after(2.5):
         while conn.count("input_audio_buffer.commit") == 0:
@@ -544,7 +542,7 @@ async def test_v1_welcome_before_the_upstream_answers(gw, fake, connect):
 
 
 async def test_v2_minimal_deepgram_settings(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, MINIMAL_DEEPGRAM)
+    client, conn = await ready(gw, fake, connect, MINIMAL_DEEPGRAM_SETTINGS)
     session = conn.events("session.update")[0]["session"]
     assert session["model"] == "gpt-realtime" and session["instructions"] == ""
     await client.send(bytes(range(240)) * 4)
@@ -574,7 +572,7 @@ async def test_v4_bad_frames_are_dropped_and_the_session_goes_on(gw, fake, conne
 
 async def test_v5_unsupported_input_rate(gw, fake, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "audio": {"input": {"encoding": "linear16", "sample_rate": 11025}}})
+    await client.send(settings_message(audio={"input": {"encoding": "linear16", "sample_rate": 11025}}))
     conn = await fake.next_conn()
     error = await client.wait_type("Error")
     assert error["code"] == "unsupported_audio_format"
@@ -935,7 +933,7 @@ async def test_audio_flood_before_ready_is_bounded_and_kept(gw, fake, connect):
 
 async def test_sim_text_turn(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.send(BRIEF_SETTINGS)
     await client.wait_type("SettingsApplied")
     await client.send({"type": "InjectUserMessage", "content": "hello there"})
     await client.wait_for(lambda: client.count("ConversationText") == 2)
@@ -952,7 +950,7 @@ async def test_sim_text_turn(gw, sim, connect):
 
 async def test_sim_voice_turn_with_server_vad(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.send(BRIEF_SETTINGS)
     await client.wait_type("SettingsApplied")
     tone = tone_pcm16(600, rate=16000)
     quiet = silence_pcm16(500, rate=16000)
@@ -975,7 +973,7 @@ async def test_sim_voice_turn_with_server_vad(gw, sim, connect):
 async def test_sim_function_call_round_trip(gw, sim, connect):
     client = await connect(gw)
     functions = [{"name": "get_time", "description": "Current time", "parameters": {"type": "object", "properties": {}}}]
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "", "functions": functions}}})
+    await client.send(settings_message({"think": {"prompt": "", "functions": functions}}))
     await client.wait_type("SettingsApplied")
     await client.send({"type": "InjectUserMessage", "content": "please get time"})
     request = await client.wait_type("FunctionCallRequest")
@@ -994,7 +992,7 @@ async def test_sim_function_call_round_trip(gw, sim, connect):
 
 async def test_sim_greeting(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"greeting": "Welcome aboard!"}})
+    await client.send(settings_message({"greeting": "Welcome aboard!"}))
     await client.wait_type("AgentAudioDone")
     assert client.after_welcome() == ["SettingsApplied", "ConversationText", "AgentDone", "AgentAudioDone"]
     assert client.frames[2]["content"] == "Welcome aboard!"
@@ -1018,7 +1016,7 @@ async def paced_sim(nursery, fwd):
 
 async def test_sim_update_think_and_listen(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.send(BRIEF_SETTINGS)
     await client.wait_type("SettingsApplied")
     functions = [{"name": "get_time", "description": "Time", "parameters": {"type": "object"}}]
     await client.send({"type": "UpdateThink", "think": {"provider": {"type": "open_ai", "model": "gpt-realtime"},
@@ -1039,7 +1037,7 @@ async def test_sim_inject_agent_message_interrupt(gw, paced_sim, connect):
     """On the SDK path: the live reply is cancelled and cut at the audio the client received;
     nothing of it plays after the interrupt; the agent's message is the turn's text."""
     client = await connect(gw, "/openai/v1/agent/converse")
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.send(BRIEF_SETTINGS)
     await client.wait_type("SettingsApplied")
     await client.send({"type": "InjectUserMessage", "content": "tell me a story"})
     await client.wait_for(lambda: any(isinstance(f, bytes) for f in client.frames))
@@ -1063,7 +1061,7 @@ async def test_sim_inject_agent_message_interrupt(gw, paced_sim, connect):
 
 async def test_sim_upstream_error(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "", "toolChoice": "sometimes"}}})
+    await client.send(settings_message({"think": {"prompt": "", "toolChoice": "sometimes"}}))
     error = await client.wait_type("Error")
     assert error["code"] == "invalid_value" and "'sometimes'" in error["description"]
     assert client.count("SettingsApplied") == 0
@@ -1081,7 +1079,7 @@ async def test_sim_upstream_error(gw, sim, connect):
 async def test_sim_audio_formats(gw, sim, connect, audio, formats, sent, appended, reply_bytes):
     """D4/D5: G.711 travels natively both ways; other linear16 rates are resampled."""
     client = await connect(gw)
-    await client.send({"type": "Settings", "audio": audio, "agent": {"think": {"prompt": ""}}})
+    await client.send(settings_message({"think": {"prompt": ""}}, audio))
     await client.wait_type("SettingsApplied")
     await client.send(sent)
     await client.send({"type": "InjectUserMessage", "content": "hi"})

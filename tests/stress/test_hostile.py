@@ -49,6 +49,7 @@ from tests.support.rawws import (
     frame,
     upgrade_request,
 )
+from tests.support.settings import agent_settings
 from tests.support.slow_upstream import SlowUpstream
 
 STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n]*\r\n")
@@ -494,7 +495,7 @@ async def test_flooding_the_translator_before_session_updated_keeps_memory_bound
     stall.port = await nursery.start(stall.serve)
     url = f"ws://127.0.0.1:{stall.port}/v1/realtime"
     gw = await gateway_factory(env=upstream_env(url, url))
-    settings_msg = json.dumps({"type": "Settings", "agent": {"think": {"prompt": "Hi."}}}).encode()
+    settings_message = json.dumps(agent_settings(think={"prompt": "Hi."})).encode()
     warm = await translator_welcome(gw)
     await warm.aclose()
     await wait_sessions_zero(gw)
@@ -504,7 +505,7 @@ async def test_flooding_the_translator_before_session_updated_keeps_memory_bound
         ("unread pings", b"".join(frame(OP_PING, b"p" * 125) for _ in range(2000))),
     ):
         client = await translator_welcome(gw)
-        await client.send_frame(OP_TEXT, settings_msg)
+        await client.send_frame(OP_TEXT, settings_message)
         await flood_and_measure(gw, "openai", client, chunk, stall, report, name)
 
 

@@ -8,6 +8,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.settings import settings_message
 from voxgate.workers.openai.translator import (
     TIMERS,
     ArmTimer,
@@ -84,7 +85,7 @@ def settings_msg(draw):
             "sample_rate": draw(st.sampled_from([16000, 24000, 8000, None])),
         },
     }
-    return {"type": "Settings", "agent": agent, "audio": audio}
+    return settings_message(agent, audio)
 
 
 @st.composite
