@@ -13,7 +13,7 @@ from tests.support.admin import ADMIN, admin, wait_sessions
 from tests.support.agent_client import Client
 from tests.support.gateway import echo_env, gateway_env
 from tests.support.rawws import OP_BIN, OP_TEXT, RawClient, read_until_close
-from tests.support.settings import agent_settings
+from tests.support.settings import agent_settings, session_update
 from tests.support.upstream import EchoUpstream
 
 TOKEN = "Hy4Nc8Rb3s-client"
@@ -326,9 +326,12 @@ async def test_policy_pins_raw_relay_session_update(gateway_factory, openai_sim,
     offered = ["realtime", f"openai-insecure-api-key.{TOKEN}"]
     url = gw.url("/openai/v1/realtime?model=gpt-4o-realtime-preview")
     async with tws.open_websocket_url(url, subprotocols=offered) as ws:
-        update = {"type": "session.update", "event_id": "ev1", "session": {
-            "type": "realtime", "instructions": "Talk like a pirate.", "max_output_tokens": 4000,
-            "audio": {"output": {"voice": "alloy"}}}}
+        update = session_update(
+            event_id="ev1",
+            instructions="Talk like a pirate.",
+            max_output_tokens=4000,
+            audio={"output": {"voice": "alloy"}},
+        )
         await ws.send_message(json.dumps(update))
         errors = []
         with trio.fail_after(5):

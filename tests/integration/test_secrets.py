@@ -26,7 +26,7 @@ import trio
 from tests.support.deepgram_helpers import DGClient, json_type, key_leaks
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT
-from tests.support.settings import BRIEF_SETTINGS, FULL_SETTINGS
+from tests.support.settings import BRIEF_SETTINGS, FULL_SETTINGS, session_update
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import DeepgramSimulator
 from voxgate.simulate.openai import OpenAISimulator
@@ -227,7 +227,7 @@ async def test_full_sessions_on_every_path_leak_no_secret(rec, sims):
                                    headers=[("Authorization", f"Bearer {TOKEN_B}")])
         assert client.status == 101
         await messages_until(client, of_type("session.created"))
-        await client.send_text({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}})
+        await client.send_text(session_update(output_modalities=["text"]))
         await messages_until(client, of_type("session.updated"))
         await client.send_text({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi relay"}]}})

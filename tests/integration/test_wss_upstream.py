@@ -13,7 +13,7 @@ import trustme
 
 from tests.support.gateway import base_env
 from tests.support.keys import OPENAI_KEY
-from tests.support.settings import BRIEF_SETTINGS
+from tests.support.settings import BRIEF_SETTINGS, session_update
 
 
 async def tls_terminator(ca: trustme.CA, target_port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -80,6 +80,6 @@ async def test_raw_relay_over_a_wss_upstream(gateway_factory, nursery, openai_si
         async with tws.open_websocket_url(gw.url("/openai/v1/realtime?model=gpt-realtime")) as ws:
             created = json.loads(await ws.get_message())
             assert created["type"] == "session.created"
-            await ws.send_message(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+            await ws.send_message(json.dumps(session_update()))
             assert json.loads(await ws.get_message())["type"] == "session.updated"
     assert len(openai_sim.connections) == 1

@@ -39,7 +39,6 @@ KEY = "vgK7qXw2mZpR4tLs9NcY3bHd6FjW8eUaQ5oTiV1xEz"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-
 def key_leaks(secret: str, *haystacks: str | bytes, size: int = 6) -> set[str]:
     """Every `size`-character piece of `secret` found in any haystack."""
     pieces = {secret[i : i + size] for i in range(len(secret) - size + 1)}

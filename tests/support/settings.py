@@ -89,3 +89,5 @@ def session_update(*, event_id: str | None = None, **session: Any) -> dict[str, 
 
 
 SESSION_UPDATED: dict[str, Any] = {"type": "session.updated", "session": {"type": "realtime"}}
+# What OpenAI sends on connect, before any session.update (the translator must not take it as ready).
+SESSION_CREATED: dict[str, Any] = {"type": "session.created", "session": {}}

@@ -7,6 +7,7 @@ import base64
 from tests.support.settings import (
     CONTEXT,
     MANUAL_SETTINGS,
+    SESSION_CREATED,
     SESSION_UPDATED,
     SETTINGS,
     settings_message,
@@ -76,7 +77,7 @@ def test_r4_session_created_is_not_readiness():
     h.client(settings_message({"greeting": "Hi"}))
     h.client({"type": "InjectUserMessage", "content": "q"})
     h.client(b"\x00\x00" * 10)
-    out = h.up({"type": "session.created", "session": {}})
+    out = h.up(SESSION_CREATED)
     assert out.client == [] and out.up == []
     out = h.up(SESSION_UPDATED)
     assert out.client_types[:2] == ["SettingsApplied", "ConversationText"]

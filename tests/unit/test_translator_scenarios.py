@@ -13,6 +13,7 @@ from tests.support.settings import (
     CONTEXT,
     MANUAL_SETTINGS,
     MINIMAL_DEEPGRAM_SETTINGS,
+    SESSION_CREATED,
     SESSION_UPDATED,
     SETTINGS,
     settings_message,
@@ -183,7 +184,7 @@ def test_a1_settings_applied_and_server_vad():
 def test_a2_session_created_on_connect_yields_no_settings_applied():
     s = Scenario()
     s.open()
-    s.up.push({"type": "session.created", "session": {}})
+    s.up.push(SESSION_CREATED)
     s.send(SETTINGS)
     assert s.client_types.count("SettingsApplied") == 1
 
