@@ -73,13 +73,10 @@ def dialogue(port: int, path: str, *, speak: bool) -> list[Any]:
     return seen
 
 
-@pytest.mark.parametrize("provider", ["deepgram", "openai"])
-async def test_sdk_yields_only_typed_messages_on_both_agent_paths(gw, provider, openai_sim):
-    speak = provider == "openai"
-    with trio.fail_after(30):
-        seen = await trio.to_thread.run_sync(
-            lambda: dialogue(gw.port, PATHS[provider], speak=speak), abandon_on_cancel=True
-        )
+def check_typed_turns(seen: list[Any]) -> tuple[list[Any], list[str]]:
+    """Every message the SDK yielded is typed (or audio bytes), each turn's assistant text
+    comes before its AgentAudioDone, and the non-JSON frame ends in an Error; returns the
+    typed messages and their types."""
     untyped = [m for m in seen if isinstance(m, dict)]
     assert untyped == []
     typed = [m for m in seen if not isinstance(m, bytes)]
@@ -91,15 +88,31 @@ async def test_sdk_yields_only_typed_messages_on_both_agent_paths(gw, provider, 
     dones = [i for i, t in enumerate(types) if t == "AgentAudioDone"]
     assert len(texts) == len(dones) >= 1 and all(t < d for t, d in zip(texts, dones, strict=True))
     assert typed[-1].type == "Error" and typed[-1].code == "UNPARSABLE_CLIENT_MESSAGE"
+    return typed, types
+
+
+def check_openai_upstream(typed: list[Any], types: list[str], openai_sim: Any) -> None:
+    """On /openai: the spoken turn was transcribed, and upstream saw the gateway's key only."""
+    users = [m.content for m in typed if _is("ConversationText", "user")(m)]
+    assert users == ["hi sdk", "audio of 0.6 seconds"]  # the spoken turn's final transcript
+    assert "LatencyReport" in types and "AgentStartedSpeaking" in types
+    [record] = openai_sim.connections
+    assert record.header("authorization") == f"Bearer {OPENAI_KEY}"
+    assert not any(DUMMY in v for _, v in record.headers)
+    session = record.received_json()[0]["session"]
+    assert session["model"] == "gpt-realtime" and session["instructions"] == "Be brief."
+
+
+@pytest.mark.parametrize("provider", ["deepgram", "openai"])
+async def test_sdk_yields_only_typed_messages_on_both_agent_paths(gw, provider, openai_sim):
+    speak = provider == "openai"
+    with trio.fail_after(30):
+        seen = await trio.to_thread.run_sync(
+            lambda: dialogue(gw.port, PATHS[provider], speak=speak), abandon_on_cancel=True
+        )
+    typed, types = check_typed_turns(seen)
     if provider == "openai":
-        users = [m.content for m in typed if _is("ConversationText", "user")(m)]
-        assert users == ["hi sdk", "audio of 0.6 seconds"]  # the spoken turn's final transcript
-        assert "LatencyReport" in types and "AgentStartedSpeaking" in types
-        [record] = openai_sim.connections
-        assert record.header("authorization") == f"Bearer {OPENAI_KEY}"
-        assert not any(DUMMY in v for _, v in record.headers)
-        session = record.received_json()[0]["session"]
-        assert session["model"] == "gpt-realtime" and session["instructions"] == "Be brief."
+        check_openai_upstream(typed, types, openai_sim)
 
 
 async def test_bare_openai_path_keeps_the_reference_dialect(gw, openai_sim):

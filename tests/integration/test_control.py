@@ -40,25 +40,32 @@ async def test_admin_api_needs_the_admin_token(gateway_factory, echo):
     assert (await admin(off, "GET", "/v1/sessions"))[0] == 404  # no --admin-token: the API is off
 
 
-async def test_list_filter_and_kill_every_path(gateway_factory, echo):
-    gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_CLIENT_TOKENS=f"kiosk:{TOKEN}"))
+PATHS = {
+    "/deepgram-proxy/v1/agent/converse": ("deepgram", "agent"),
+    "/deepgram-proxy/v1/listen?encoding=linear16&sample_rate=16000": ("deepgram", "listen"),
+    "/deepgram-proxy/v1/speak": ("deepgram", "speak"),
+    "/openai/v1/realtime": ("openai", "realtime"),
+    "/openai": ("openai", "translate"),
+}  # every route a session can take: (provider, route name in the registry)
+
+
+async def open_every_path(gw) -> dict[str, RawClient]:
+    """One session per route, with the client token, an Origin and a trace id."""
     auth = [("Authorization", f"Bearer {TOKEN}"), ("Origin", "https://app.example")]
-    paths = {
-        "/deepgram-proxy/v1/agent/converse": ("deepgram", "agent"),
-        "/deepgram-proxy/v1/listen?encoding=linear16&sample_rate=16000": ("deepgram", "listen"),
-        "/deepgram-proxy/v1/speak": ("deepgram", "speak"),
-        "/openai/v1/realtime": ("openai", "realtime"),
-        "/openai": ("openai", "translate"),
-    }
     clients = {}
-    for path in paths:
-        client = await RawClient.connect(gw.port, path + ("&" if "?" in path else "?") + "traceId=tr-" + paths[path][1],
+    for path, (_, route) in PATHS.items():
+        client = await RawClient.connect(gw.port, path + ("&" if "?" in path else "?") + "traceId=tr-" + route,
                                          headers=auth)
         assert client.status == 101
         clients[path] = client
+    return clients
+
+
+async def check_listing_and_filters(gw) -> dict[str, dict]:
+    """GET /v1/sessions names every session fully and filters by each field; returns them by route."""
     sessions = await wait_sessions(gw, lambda s: len(s) == 5)
     by_route = {s["route"]: s for s in sessions}
-    for provider, route in paths.values():
+    for provider, route in PATHS.values():
         entry = by_route[route]
         assert entry["provider"] == provider
         assert entry["client_ip"] == "127.0.0.1" and entry["origin"] == "https://app.example"
@@ -70,17 +77,14 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
     assert [s["route"] for s in await wait_sessions(gw, bool, "?route=openai.translate")] == ["translate"]
     assert len(await wait_sessions(gw, bool, "?token_label=kiosk&client_ip=127.0.0.1")) == 5
     assert await wait_sessions(gw, lambda s: True, "?token_label=other") == []
+    return by_route
 
-    # traffic shows while the session runs
-    agent = clients["/deepgram-proxy/v1/agent/converse"]
-    await agent.send_frame(OP_BIN, b"\x00" * 3200)
-    await wait_sessions(gw, lambda s: any(x["route"] == "agent" and x["frames_up"] == 1 and x["bytes_up"] == 3200
-                                          for x in s))
 
-    # one by id: agent path hears Error "terminated", then 1008, within a second
+async def kill_agent_by_id(gw, echo, agent: RawClient, session_id: str) -> None:
+    """One by id: the agent path hears Error "terminated", then 1008, within a second."""
     started = trio.current_time()
-    status, body = await admin(gw, "DELETE", f"/v1/sessions/{by_route['agent']['id']}")
-    assert status == 200 and body == {"ended": 1, "ids": [by_route["agent"]["id"]]}
+    status, body = await admin(gw, "DELETE", f"/v1/sessions/{session_id}")
+    assert status == 200 and body == {"ended": 1, "ids": [session_id]}
     messages, code = await read_until_close(agent)
     assert trio.current_time() - started < 1.5
     assert code == 1008
@@ -88,7 +92,9 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
     assert errors and errors[-1]["code"] == "terminated"
     await echo.wait_for(lambda: all(c.closed.is_set() for c in echo.conns if c.path.endswith("/agent/converse")))
 
-    # the raw relay hears an OpenAI error event, the translator an Error; then 1008
+
+async def kill_openai_sessions(gw, clients: dict[str, RawClient]) -> None:
+    """By provider: the raw relay hears an OpenAI error event, the translator an Error; then 1008."""
     status, body = await admin(gw, "DELETE", "/v1/sessions?provider=openai")
     assert status == 200 and body["ended"] == 2
     messages, code = await read_until_close(clients["/openai/v1/realtime"])
@@ -98,6 +104,21 @@ async def test_list_filter_and_kill_every_path(gateway_factory, echo):
     assert code == 1008
     events = [json.loads(p) for op, p in messages if op == OP_TEXT]
     assert events[0]["type"] == "Welcome" and events[-1] == {**events[-1], "type": "Error", "code": "terminated"}
+
+
+async def test_list_filter_and_kill_every_path(gateway_factory, echo):
+    gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_CLIENT_TOKENS=f"kiosk:{TOKEN}"))
+    clients = await open_every_path(gw)
+    by_route = await check_listing_and_filters(gw)
+
+    # traffic shows while the session runs
+    agent = clients["/deepgram-proxy/v1/agent/converse"]
+    await agent.send_frame(OP_BIN, b"\x00" * 3200)
+    await wait_sessions(gw, lambda s: any(x["route"] == "agent" and x["frames_up"] == 1 and x["bytes_up"] == 3200
+                                          for x in s))
+
+    await kill_agent_by_id(gw, echo, agent, by_route["agent"]["id"])
+    await kill_openai_sessions(gw, clients)
 
     # every match by client ip: listen and speak close with 1008
     status, body = await admin(gw, "DELETE", "/v1/sessions?client_ip=127.0.0.1")

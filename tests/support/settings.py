@@ -43,14 +43,8 @@ def settings_message(agent: Any = None, audio: Any = None) -> dict[str, Any]:
 
 
 def _with(agent: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`agent` with top-level fields replaced or added; a field given as None is dropped."""
-    out = copy.deepcopy(agent)
-    for key, value in overrides.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+    """`agent` with top-level fields replaced (in place, keeping the order) or added."""
+    return {**copy.deepcopy(agent), **copy.deepcopy(overrides)}
 
 
 def agent_settings(*, audio: Any = None, **agent: Any) -> dict[str, Any]:

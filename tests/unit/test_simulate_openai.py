@@ -335,30 +335,8 @@ def user_text(text: str) -> dict[str, Any]:
     }
 
 
-async def test_text_turn_full_event_order(sim: OpenAISimulator) -> None:
-    async with connect(sim) as client:
-        await text_session(client)
-        await client.send(user_text("hello there"))
-        await client.send({"type": "response.create"})
-        events = await client.until("rate_limits.updated")
-    names = types(events)
-    deltas = names.count("response.output_text.delta")
-    assert deltas >= 2
-    assert names == [
-        "conversation.item.added",
-        "conversation.item.done",
-        "response.created",
-        "response.output_item.added",
-        "conversation.item.added",
-        "response.content_part.added",
-        *["response.output_text.delta"] * deltas,
-        "response.output_text.done",
-        "response.content_part.done",
-        "conversation.item.done",
-        "response.output_item.done",
-        "response.done",
-        "rate_limits.updated",
-    ]
+def check_text_turn_events(events: list[dict[str, Any]]) -> None:
+    """Ids, items, the response's life and the text of one text turn "hello there", in order."""
     assert all(e["event_id"].startswith("event_") for e in events)
     assert len({e["event_id"] for e in events}) == len(events)
     user = events[0]["item"]
@@ -384,6 +362,33 @@ async def test_text_turn_full_event_order(sim: OpenAISimulator) -> None:
         == done["usage"]["input_tokens"] + done["usage"]["output_tokens"]
     )
     assert events[-1]["rate_limits"][0]["name"] == "tokens"
+
+
+async def test_text_turn_full_event_order(sim: OpenAISimulator) -> None:
+    async with connect(sim) as client:
+        await text_session(client)
+        await client.send(user_text("hello there"))
+        await client.send({"type": "response.create"})
+        events = await client.until("rate_limits.updated")
+    names = types(events)
+    deltas = names.count("response.output_text.delta")
+    assert deltas >= 2
+    assert names == [
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "conversation.item.done",
+        "response.output_item.done",
+        "response.done",
+        "rate_limits.updated",
+    ]
+    check_text_turn_events(events)
 
 
 async def test_audio_modality_reply_is_pcm16_with_transcript(sim: OpenAISimulator) -> None:
