@@ -6,6 +6,7 @@ import pytest
 
 from tests.support.gateway import Gateway, astart_gateway, astop
 from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
+from tests.support.portfwd import Forwarder
 
 
 @pytest.fixture
@@ -24,6 +25,15 @@ async def deepgram_sim(nursery):
     sim = DeepgramSimulator(api_key=DEEPGRAM_KEY, listen_idle_timeout=5.0)
     sim.port = await nursery.start(sim.serve)
     return sim
+
+
+@pytest.fixture(scope="module")
+def fwd():
+    """A loopback forwarder a module's shared gateway points at; each test aims it at its own upstream."""
+    forwarder = Forwarder()
+    forwarder.start()
+    yield forwarder
+    forwarder.stop()
 
 
 @pytest.fixture

@@ -19,15 +19,6 @@ from openai import AsyncOpenAI
 from tests.support.gateway import base_env, start_gateway
 from tests.support.keys import OPENAI_KEY
 from tests.support.openai_sdk import DUMMY, sdk_session
-from tests.support.portfwd import Forwarder
-
-
-@pytest.fixture(scope="module")
-def fwd():
-    forwarder = Forwarder()
-    forwarder.start()
-    yield forwarder
-    forwarder.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,8 @@ from tests.support.agent_client import Client
 from tests.support.gateway import echo_env, gateway_env
 from tests.support.rawws import OP_BIN, OP_TEXT, RawClient, read_until_close
 from tests.support.settings import agent_settings, session_update
-from tests.support.upstream import EchoUpstream
 
 TOKEN = "Hy4Nc8Rb3s-client"
-
-
-@pytest.fixture
-async def echo(nursery):
-    up = EchoUpstream()
-    up.port = await nursery.start(up.serve)
-    return up
 
 
 async def test_admin_api_needs_the_admin_token(gateway_factory, echo):

@@ -20,7 +20,6 @@ from tests.support.deepgram_helpers import KEY, DGClient, RawUpstream, json_type
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_payload
 from tests.support.settings import FULL_SETTINGS
-from tests.support.upstream import EchoUpstream
 from voxgate.simulate.common import Frame, silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import (
     NET0001_REASON,
@@ -45,13 +44,6 @@ async def sim(nursery):
     simulator = DeepgramSimulator(api_key=KEY, listen_idle_timeout=1.0)
     simulator.port = await nursery.start(simulator.serve)
     return simulator
-
-
-@pytest.fixture
-async def echo(nursery):
-    upstream = EchoUpstream()
-    upstream.port = await nursery.start(upstream.serve)
-    return upstream
 
 
 @pytest.fixture

@@ -327,13 +327,6 @@ async def test_usage_totals_equal_what_the_upstreams_saw(cluster_factory):
 # -- the same interface without Redis: one instance, everything in-process --------------------
 
 
-@pytest.fixture
-async def echo(nursery):
-    up = EchoUpstream()
-    up.port = await nursery.start(up.serve)
-    return up
-
-
 async def test_revocation_and_usage_work_in_process(gateway_factory, echo):
     gw = await gateway_factory(env=echo_env(echo, VOXGATE_ADMIN_TOKEN=ADMIN, VOXGATE_TOKEN_SECRET=SECRET))
     assert gw.ready()["store"] == {"backend": "local"}

@@ -15,14 +15,6 @@ import trio_websocket as tws
 from tests.support.gateway import base_env, echo_env, pid_alive
 from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
 from tests.support.rawws import RawClient
-from tests.support.upstream import EchoUpstream
-
-
-@pytest.fixture
-async def echo(nursery):
-    up = EchoUpstream()
-    up.port = await nursery.start(up.serve)
-    return up
 
 
 async def raw_http(port: int, data: bytes, *, close_after: bool = False) -> bytes:

@@ -66,14 +66,6 @@ def check_gateway_output(gw: Gateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def fwd():
-    forwarder = Forwarder()
-    forwarder.start()
-    yield forwarder
-    forwarder.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(fwd):
     gateway = start_gateway(env=fwd_env(fwd))
     yield gateway
