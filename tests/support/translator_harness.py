@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from tests.support.settings import SESSION_UPDATED, SETTINGS
-from voxgate.workers.openai.translator import (
+from voxgate.workers.openai.actions import (
     ArmTimer,
     CancelTimer,
     CloseClient,
@@ -20,8 +20,8 @@ from voxgate.workers.openai.translator import (
     Log,
     SendClient,
     SendUpstream,
-    Translator,
 )
+from voxgate.workers.openai.translator import Translator
 
 
 def user_item(item_id: str, text: str = "q", event: str = "conversation.item.added") -> dict:

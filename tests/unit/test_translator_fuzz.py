@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.settings import settings_message
-from voxgate.workers.openai.translator import (
+from voxgate.workers.openai.actions import (
     TIMERS,
     ArmTimer,
     CancelTimer,
@@ -18,8 +18,8 @@ from voxgate.workers.openai.translator import (
     Log,
     SendClient,
     SendUpstream,
-    Translator,
 )
+from voxgate.workers.openai.translator import Translator
 from voxgate.workers.openai.upstream_map import GA_SERVER_EVENT_TYPES
 
 ACTION_TYPES = (SendClient, SendUpstream, ArmTimer, CancelTimer, CloseClient, CloseUpstream, Log)

@@ -19,7 +19,7 @@ from tests.support.settings import (
     settings_message,
 )
 from tests.support.translator_harness import Harness, Out
-from voxgate.workers.openai.translator import CloseClient, SendUpstream
+from voxgate.workers.openai.actions import CloseClient, SendUpstream
 
 MOCK_TEXT = "Hello from mock"
 
