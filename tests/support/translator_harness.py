@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 
-from voxgate.workers.openai.translator import (
+from tests.support.settings import SESSION_UPDATED, SETTINGS
+from voxgate.workers.openai.actions import (
     ArmTimer,
     CancelTimer,
     CloseClient,
@@ -19,15 +20,8 @@ from voxgate.workers.openai.translator import (
     Log,
     SendClient,
     SendUpstream,
-    Translator,
 )
-
-SETTINGS: dict[str, Any] = {"type": "Settings", "agent": {"think": {"prompt": "Help."}}}
-MANUAL_SETTINGS: dict[str, Any] = {
-    "type": "Settings",
-    "agent": {"think": {"prompt": "Help."}, "useOpenAIManualAudioCommit": True},
-}
-SESSION_UPDATED: dict[str, Any] = {"type": "session.updated", "session": {"type": "realtime"}}
+from voxgate.workers.openai.translator import Translator
 
 
 def user_item(item_id: str, text: str = "q", event: str = "conversation.item.added") -> dict:
