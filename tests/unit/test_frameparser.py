@@ -223,10 +223,6 @@ def test_any_frame_sequence_and_chunking(spec, masked, step):
 # ---------------------------------------------------------------- the pumps, sans-IO
 
 
-def pump_stats() -> SpliceStats:
-    return SpliceStats()
-
-
 def run_pump(pump: ToUpstream | ToClient, wire: bytes, step: int) -> tuple[bytes, bytes, object]:
     out, ctrl, stop = bytearray(), bytearray(), None
     for i in range(0, len(wire), step):
@@ -245,7 +241,7 @@ def unmasked_events(data: bytes, masked: bool) -> list:
 @pytest.mark.parametrize("step", [1, 5, 100, 1 << 20])
 def test_client_to_upstream_remasks_and_answers_pings(step):
     wire, want = build_wire([(OP_TEXT, b"hello", 1), (OP_PING, b"p", 0), (OP_BINARY, bytes(1000), 0)], True)
-    stats = pump_stats()
+    stats = SpliceStats()
     pump = ToUpstream(Leg(), Leg(), MaskKeys(), stats, max_message=1 << 20, observer=None, answers=[])
     out, ctrl, stop = run_pump(pump, wire, step)
     assert stop is None
@@ -257,7 +253,7 @@ def test_client_to_upstream_remasks_and_answers_pings(step):
 @pytest.mark.parametrize("step", [1, 5, 100, 1 << 20])
 def test_client_to_upstream_stops_at_a_close_with_an_invalid_reason(step):
     wire = wire_frame(OP_TEXT, b"ok", masked=True) + wire_frame(OP_CLOSE, close_payload(1000, b"\xff"), masked=True)
-    pump = ToUpstream(Leg(), Leg(), MaskKeys(), pump_stats(), max_message=1 << 20, observer=None, answers=[])
+    pump = ToUpstream(Leg(), Leg(), MaskKeys(), SpliceStats(), max_message=1 << 20, observer=None, answers=[])
     out, _, stop = run_pump(pump, wire, step)
     assert unmasked_events(out, True) == [("data", True, OP_TEXT, b"ok")]
     assert stop == ProtocolViolation("invalid close frame")
@@ -267,7 +263,7 @@ def test_client_to_upstream_stops_at_a_close_with_an_invalid_reason(step):
 def test_upstream_to_client_streams_bytes_unchanged_and_cuts_out_control_frames(step):
     data = wire_frame(OP_BINARY, bytes(range(256)) * 4, masked=False) + wire_frame(OP_TEXT, b"{}", masked=False)
     wire = data + wire_frame(OP_PING, b"p", masked=False) + wire_frame(OP_CLOSE, close_payload(1001), masked=False)
-    stats = pump_stats()
+    stats = SpliceStats()
     pump = ToClient(Leg(), Leg(), MaskKeys(), stats, observer=None, scrub=None)
     out, ctrl, stop = run_pump(pump, wire, step)
     assert out == data
@@ -278,5 +274,5 @@ def test_upstream_to_client_streams_bytes_unchanged_and_cuts_out_control_frames(
 
 def test_pumps_need_no_event_loop():
     """Constructed and driven outside trio: nothing in them waits or reads a clock."""
-    pump = ToUpstream(Leg(), Leg(), MaskKeys(), pump_stats(), max_message=10, observer=None, answers=[])
+    pump = ToUpstream(Leg(), Leg(), MaskKeys(), SpliceStats(), max_message=10, observer=None, answers=[])
     assert pump.frames(wire_frame(OP_BINARY, bytes(11), masked=True)) == (None, None, MessageTooLarge())
