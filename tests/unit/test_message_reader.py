@@ -1,4 +1,4 @@
-"""MessageReader: the translator's message layer over the shared frame code (frames.py).
+"""MessageReader: the translator's message layer over the shared frame parser (frameparser.py).
 
 Frames are built here by hand and masked with wsproto's masker (not frames.py), so the reader
 is checked against bytes another implementation produces."""
@@ -19,8 +19,8 @@ from voxgate.workers.frames import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    MessageReader,
 )
+from voxgate.workers.messages import MessageReader
 
 KEY = b"\x37\xfa\x21\x3d"
 

@@ -2,7 +2,7 @@
 
 The core (`translator.Translator`) decides everything; this module feeds it events in arrival
 order and performs the actions it returns. Both legs are data-plane conns (`dataplane.py`): a
-read is cut into complete messages by `frames.MessageReader` (UTF-8 checked for text, size
+read is cut into complete messages by `messages.MessageReader` (UTF-8 checked for text, size
 refused from the frame header), each message goes through the core synchronously inside the
 readiness loop, and the frames the core produces are written at once (or queued per socket).
 No task wake-up, no WebSocket library call per message; wsproto only does the two handshakes.
@@ -34,12 +34,12 @@ from voxgate.workers.frames import (
     OP_PONG,
     OP_TEXT,
     MaskKeys,
-    MessageReader,
     build_close_payload,
     build_frame,
 )
 from voxgate.workers.handshake import open_upstream
 from voxgate.workers.legs import Leg, LegPair
+from voxgate.workers.messages import MessageReader
 from voxgate.workers.openai import realtime
 from voxgate.workers.openai.actions import (
     Action,
