@@ -7,19 +7,69 @@ for the JSON) and turns a stream that cannot go on into the close code the trans
 
 from __future__ import annotations
 
-from voxgate.workers.frameparser import CloseFrame, ControlFrame, FrameParser, MessageTooLarge
-from voxgate.workers.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, xor_mask_at
+from dataclasses import dataclass
 
-__all__ = ["MessageReader"]
+from voxgate.workers.frameparser import CloseFrame, ControlFrame, FrameParser, MessageTooLarge
+from voxgate.workers.frames import OP_PING, OP_TEXT, xor_mask_at
+
+__all__ = [
+    "BinaryMessage",
+    "Message",
+    "MessageReader",
+    "PeerClosed",
+    "Ping",
+    "StreamFailed",
+    "TextMessage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TextMessage:
+    """A whole text message, decoded."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryMessage:
+    """A whole binary message."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A ping; the session answers it with a pong carrying `payload`."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClosed:
+    """The peer's close frame (`code` None when it carried no status). Nothing follows."""
+
+    code: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """The stream cannot be read any further: close the leg with `code` (1002 protocol error,
+    1007 invalid UTF-8, 1009 message too large). Nothing follows."""
+
+    code: int
+    reason: str
+
+
+Message = TextMessage | BinaryMessage | Ping | PeerClosed | StreamFailed
 
 
 class MessageReader:
-    """`feed(bytes)` returns events in arrival order: `(OP_TEXT, str)`, `(OP_BINARY, bytes)`,
-    `(OP_PING, payload)`, `(OP_CLOSE, code | None, reason)`, or `("error", code, reason)` for
-    a stream that cannot go on (1002 protocol error, 1007 invalid UTF-8 in a text message or
-    close reason, 1009 a message over `max_message`, refused from its frame header so it is
-    never buffered). After a close or an error it returns nothing more. Pongs are dropped.
-    `masked` is what the peer must do (True for a client leg)."""
+    """`feed(bytes)` returns the `Message`s completed by those bytes, in arrival order:
+    `TextMessage`, `BinaryMessage`, `Ping`, and last `PeerClosed` or `StreamFailed` (a message
+    over `max_message` is refused from its frame header, so it is never buffered). After
+    either of those it returns nothing more. Pongs are dropped. `masked` is what the peer must
+    do (True for a client leg)."""
 
     __slots__ = ("parser", "buf", "parts", "done")
 
@@ -33,7 +83,7 @@ class MessageReader:
     def masked(self) -> bool:
         return self.parser.masked
 
-    def feed(self, data: bytes | bytearray) -> list[tuple]:
+    def feed(self, data: bytes | bytearray) -> list[Message]:
         if self.done:
             return []
         buf = self.buf
@@ -42,7 +92,7 @@ class MessageReader:
             work: bytes | bytearray = buf
         else:
             work = data
-        events: list[tuple] = []
+        events: list[Message] = []
         parser = self.parser
         pos = 0
         end = len(work)
@@ -64,7 +114,7 @@ class MessageReader:
             elif type(ev) is ControlFrame:
                 pos = ev.end
                 if ev.opcode == OP_PING:
-                    events.append((OP_PING, ev.payload))
+                    events.append(Ping(ev.payload))
                 # pongs: dropped
             else:
                 self._last(events, ev)  # type: ignore[arg-type]
@@ -75,7 +125,7 @@ class MessageReader:
             self.buf = bytearray(memoryview(work)[pos:])
         return events
 
-    def _data(self, events: list[tuple], fin: int, msg_op: int, payload: bytes) -> bool:
+    def _data(self, events: list[Message], fin: int, msg_op: int, payload: bytes) -> bool:
         """One data frame's payload; a finished message goes to `events`. False when the
         stream has failed (invalid UTF-8)."""
         if not fin:
@@ -86,20 +136,20 @@ class MessageReader:
             payload = b"".join(self.parts)
             self.parts = []
         if msg_op != OP_TEXT:
-            events.append((OP_BINARY, payload))
+            events.append(BinaryMessage(payload))
             return True
         try:
-            events.append((OP_TEXT, payload.decode()))
+            events.append(TextMessage(payload.decode()))
         except UnicodeDecodeError:
             self._fail(events, 1007, "invalid UTF-8")
             return False
         return True
 
-    def _last(self, events: list[tuple], ev: object) -> None:
+    def _last(self, events: list[Message], ev: object) -> None:
         """The event that ends the stream: the peer's close, or why it cannot be parsed."""
         if type(ev) is CloseFrame:
             try:
-                self._stop(events, (OP_CLOSE, ev.code, ev.reason.decode()))
+                self._stop(events, PeerClosed(ev.code, ev.reason.decode()))
             except UnicodeDecodeError:
                 self._fail(events, 1007, "invalid UTF-8")
         elif type(ev) is MessageTooLarge:
@@ -107,10 +157,10 @@ class MessageReader:
         else:
             self._fail(events, 1002, "protocol error")
 
-    def _fail(self, events: list[tuple], code: int, reason: str) -> None:
-        self._stop(events, ("error", code, reason))
+    def _fail(self, events: list[Message], code: int, reason: str) -> None:
+        self._stop(events, StreamFailed(code, reason))
 
-    def _stop(self, events: list[tuple], last: tuple) -> None:
+    def _stop(self, events: list[Message], last: PeerClosed | StreamFailed) -> None:
         """Nothing is read after `last`."""
         self.done = True
         self.buf = bytearray()
