@@ -282,7 +282,7 @@ class Supervisor:
         token, expires = mint_token(
             cfg.token_secret, ttl=ttl, provider="openai", label=label or "client_secret", budget=budget
         )
-        from voxgate.workers.openai.realtime import base_and_model
+        from voxgate.workers.openai.upstream import base_and_model
 
         described = {
             "type": "realtime", "model": base_and_model(cfg)[1], **session,

@@ -1,8 +1,9 @@
-"""Route table of the Deepgram worker: agent, listen and speak (v1 and v2) are all passthrough."""
+"""Route table of the Deepgram worker: agent, listen and speak (v1 and v2) are all passthrough
+(its twin is openai/routes.py)."""
 
 from __future__ import annotations
 
-from voxgate.workers.deepgram.service import profile_for
+from voxgate.workers.deepgram.upstream import profile_for
 from voxgate.workers.passthrough import run_passthrough
 from voxgate.workers.runtime import Handler, Session
 

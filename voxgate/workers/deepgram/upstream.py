@@ -1,4 +1,5 @@
-"""Deepgram routes: which upstream URL a session goes to and what the client sees on failure.
+"""The Deepgram upstream: which URL a session goes to, with what credentials, and what the client
+sees on failure (the passthrough relay's profile; its twin is openai/upstream.py).
 
 P3-P5, P8, P9, P17: the key only as `Authorization: Token`, every client query parameter
 forwarded except the gateway's own, `Error` JSON before a close on the agent service only.
