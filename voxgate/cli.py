@@ -21,23 +21,12 @@ from voxgate.config import (
     OPENAI,
     Config,
     ConfigError,
-    check_proxy_path,
     check_ws_url,
     normalize_key,
     read_key_file,
 )
 from voxgate.policy import load_policy
-
-ROUTE_LABELS = {
-    "openai.translate": "Deepgram Voice Agent protocol -> OpenAI Realtime",
-    "openai.realtime": "raw OpenAI Realtime relay",
-    "deepgram.agent": "Deepgram Voice Agent passthrough",
-    "deepgram.bare": "Deepgram Voice Agent passthrough (?service=transcription: live transcription)",
-    "deepgram.listen": "Deepgram live transcription passthrough",
-    "deepgram.speak": "Deepgram streaming TTS passthrough",
-    "deepgram.listen_v2": "Deepgram Flux turn-based transcription passthrough",
-    "deepgram.speak_v2": "Deepgram Flux turn-based TTS passthrough",
-}
+from voxgate.supervisor.routing import Router, check_proxy_path
 
 
 class StartupError(Exception):
@@ -313,16 +302,14 @@ def page_url(config: Config, *, tls: bool = False) -> str:
 
 def endpoints(config: Config, *, tls: bool = False) -> list[dict[str, str]]:
     """P22: every endpoint with its URL, state (live or off, and why) and description."""
-    from voxgate.supervisor.routing import Router
-
     rows = []
-    for path, route in Router(config.proxy_path).endpoints():
+    for path, route, description in Router(config.proxy_path).endpoints():
         live = config.enabled(route.provider)
         rows.append({
             "url": public_url(config, path, tls=tls),
             "state": "live" if live else "off",
             "reason": "" if live else f"{KEY_VARS[route.provider]} not set",
-            "description": ROUTE_LABELS["deepgram.bare" if path == config.proxy_path else route.name],
+            "description": description,
         })
     return rows
 

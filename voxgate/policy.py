@@ -26,12 +26,10 @@ from typing import Any
 
 import orjson
 
-from voxgate.config import ConfigError, valid_label
+from voxgate.config import OPENAI, ConfigError, valid_label
+from voxgate.supervisor.routing import provider_paths
 
-PATHS = {
-    "/openai": "translate", "/openai/v1/agent/converse": "translate", "/openai/v1/realtime": "realtime",
-    "/openai/v1/realtime/calls": "calls",
-}
+PATHS = provider_paths(OPENAI)  # every OpenAI path -> its route kind
 STRING_FIELDS = ("instructions", "instructions_prefix", "voice")
 LIST_FIELDS = ("models", "tools")
 FIELDS = (*STRING_FIELDS, *LIST_FIELDS, "max_output_tokens")

@@ -1,7 +1,10 @@
 """Where a request path goes: a provider worker route, a supervisor HTTP endpoint, or nowhere.
 
-Pure functions over the path and query; the path table is built from the configured
-PROXY_PATH (architecture §2, deepgram-passthrough P1/P2).
+`ROUTE_TABLE` is the one answer to "which path goes to which provider and relay": the
+supervisor's router, the startup lines and `voxgate check`, `/readyz`, the PROXY_PATH check,
+the session policy's paths and the Deepgram worker's handlers all read it. Deepgram paths
+hang under the configured PROXY_PATH (architecture §2, deepgram-passthrough P1/P2) and are
+the same paths on Deepgram's API (P3). Pure functions over the path and query.
 """
 
 from __future__ import annotations
@@ -9,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
-from voxgate.config import DEEPGRAM, OPENAI
+from voxgate.config import DEEPGRAM, OPENAI, ConfigError
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A WebSocket route served by a worker: provider plus what the worker does with it."""
+    """A route served by a worker: provider plus what the worker does with it."""
 
     provider: str
     # openai: "translate" | "realtime" | "calls"; deepgram: "agent" | "listen" | "speak" | "listen_v2" | "speak_v2"
@@ -25,14 +28,84 @@ class Route:
         return f"{self.provider}.{self.kind}"
 
 
-HTTP_ENDPOINTS = {
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    """One row of the route table."""
+
+    path: str  # absolute for OpenAI; for Deepgram relative to PROXY_PATH ("" is PROXY_PATH itself)
+    route: Route
+    description: str  # for the startup lines and `voxgate check`
+    websocket: bool = True  # False: a plain HTTP POST the worker serves (admitted like a session)
+    listed: bool = True  # named in the startup lines and `voxgate check`
+
+    def full_path(self, proxy_path: str) -> str:
+        return proxy_path + self.path if self.route.provider == DEEPGRAM else self.path
+
+
+ROUTE_TABLE: tuple[RouteEntry, ...] = (
+    RouteEntry("/openai", Route(OPENAI, "translate"), "Deepgram Voice Agent protocol -> OpenAI Realtime"),
+    # the same translator in Deepgram's own dialect (the startup lines name /openai for both)
+    RouteEntry("/openai/v1/agent/converse", Route(OPENAI, "translate"),
+               "Deepgram Voice Agent protocol (Deepgram's dialect) -> OpenAI Realtime", listed=False),
+    RouteEntry("/openai/v1/realtime", Route(OPENAI, "realtime"), "raw OpenAI Realtime relay"),
+    RouteEntry("/openai/v1/realtime/calls", Route(OPENAI, "calls"), "WebRTC call set-up", websocket=False),
+    # the bare PROXY_PATH: agent, or listen when the first `service` is `transcription`
+    RouteEntry("", Route(DEEPGRAM, "agent"),
+               "Deepgram Voice Agent passthrough (?service=transcription: live transcription)"),
+    RouteEntry("/v1/agent/converse", Route(DEEPGRAM, "agent"), "Deepgram Voice Agent passthrough"),
+    RouteEntry("/v1/listen", Route(DEEPGRAM, "listen"), "Deepgram live transcription passthrough"),
+    RouteEntry("/v1/speak", Route(DEEPGRAM, "speak"), "Deepgram streaming TTS passthrough"),
+    RouteEntry("/v2/listen", Route(DEEPGRAM, "listen_v2"), "Deepgram Flux turn-based transcription passthrough"),
+    RouteEntry("/v2/speak", Route(DEEPGRAM, "speak_v2"), "Deepgram Flux turn-based TTS passthrough"),
+)
+
+# The paths the supervisor answers itself, by endpoint name (supervisor/endpoints.py holds one
+# handler per name). The demo page's files (page.py) are served only with --demo-page.
+SUPERVISOR_PATHS: dict[str, str] = {
     "/healthz": "healthz",
     "/health": "healthz",
     "/readyz": "readyz",
     "/ready": "readyz",
     "/metrics": "metrics",
-    "/v1/tokens": "tokens",
+    "/v1/tokens": "mint",
+    "/v1/sessions": "sessions",
+    "/v1/usage": "usage",
+    "/v1/realtime/client_secrets": "client_secrets",
 }
+# Sub-paths answered by an endpoint: `/readyz/<provider>`, `/v1/sessions/<id>`, `/v1/tokens/<id>`.
+SUPERVISOR_PREFIXES: dict[str, str] = {
+    "/readyz/": "readyz_one",
+    "/ready/": "readyz_one",
+    "/v1/sessions/": "sessions",
+    "/v1/tokens/": "revoke",
+}
+
+# What PROXY_PATH may neither equal, nor sit under, nor contain (P27).
+RESERVED_PATHS: tuple[str, ...] = (
+    *(e.path for e in ROUTE_TABLE if e.route.provider == OPENAI), *SUPERVISOR_PATHS,
+)
+
+
+def kinds(provider: str) -> list[str]:
+    """The route kinds one provider's worker serves, in table order."""
+    return list(dict.fromkeys(e.route.kind for e in ROUTE_TABLE if e.route.provider == provider))
+
+
+def provider_paths(provider: str) -> dict[str, str]:
+    """Path (relative to PROXY_PATH for Deepgram) -> route kind, for one provider."""
+    return {e.path: e.route.kind for e in ROUTE_TABLE if e.route.provider == provider}
+
+
+def check_proxy_path(path: str) -> str:
+    """P27: PROXY_PATH starts with '/', and never shadows /openai or a supervisor route."""
+    if not path.startswith("/") or len(path) < 2:
+        raise ConfigError(f"PROXY_PATH must start with '/' and name a path, got {path!r}")
+    if any(c in path for c in "?# \t") or path.endswith("/"):
+        raise ConfigError(f"PROXY_PATH must be a plain path without query or trailing '/', got {path!r}")
+    for reserved in RESERVED_PATHS:
+        if path == reserved or path.startswith(reserved + "/") or reserved.startswith(path + "/"):
+            raise ConfigError(f"PROXY_PATH {path!r} would shadow the gateway route {reserved!r}")
+    return path
 
 
 def split_target(target: str) -> tuple[str, list[tuple[str, str]]]:
@@ -48,40 +121,47 @@ def first_value(query: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+def supervisor_endpoint(path: str) -> tuple[str, str] | None:
+    """(endpoint name, the sub-path after its prefix) of a path the supervisor answers itself."""
+    name = SUPERVISOR_PATHS.get(path)
+    if name is not None:
+        return name, ""
+    for prefix, name in SUPERVISOR_PREFIXES.items():
+        if path.startswith(prefix):
+            return name, path[len(prefix):]
+    return None
+
+
 class Router:
-    """Maps paths to routes for one configuration."""
+    """Maps paths to routes for one configuration (the table with PROXY_PATH filled in)."""
 
     def __init__(self, proxy_path: str) -> None:
         self.proxy_path = proxy_path
-        self._exact: dict[str, Route] = {
-            "/openai": Route(OPENAI, "translate"),
-            "/openai/v1/agent/converse": Route(OPENAI, "translate"),
-            "/openai/v1/realtime": Route(OPENAI, "realtime"),
-            f"{proxy_path}/v1/agent/converse": Route(DEEPGRAM, "agent"),
-            f"{proxy_path}/v1/listen": Route(DEEPGRAM, "listen"),
-            f"{proxy_path}/v1/speak": Route(DEEPGRAM, "speak"),
-            f"{proxy_path}/v2/listen": Route(DEEPGRAM, "listen_v2"),
-            f"{proxy_path}/v2/speak": Route(DEEPGRAM, "speak_v2"),
-        }
+        self._websocket: dict[str, Route] = {}
+        self._http: dict[str, Route] = {}
+        for entry in ROUTE_TABLE:
+            table = self._websocket if entry.websocket else self._http
+            table.setdefault(entry.full_path(proxy_path), entry.route)
 
     def http_route(self, method: str, path: str) -> Route | None:
         """A plain HTTP request a worker serves: the WebRTC call set-up (a POST)."""
-        if path == "/openai/v1/realtime/calls" and method == "POST":
-            return Route(OPENAI, "calls")
-        return None
+        return self._http.get(path) if method == "POST" else None
 
     def websocket_route(self, path: str, query: list[tuple[str, str]]) -> Route | None:
         """The worker route for a WebSocket path, or None when no provider serves it."""
         if path == self.proxy_path:
             service = first_value(query, "service")
             return Route(DEEPGRAM, "listen" if service == "transcription" else "agent")
-        return self._exact.get(path)
+        return self._websocket.get(path)
 
-    def endpoints(self) -> list[tuple[str, Route]]:
-        """Every WebSocket path with its route, for startup lines and `voxgate check`."""
-        rows = [("/openai", Route(OPENAI, "translate")), ("/openai/v1/realtime", Route(OPENAI, "realtime"))]
-        rows.append((self.proxy_path, Route(DEEPGRAM, "agent")))
-        for path, route in self._exact.items():
-            if route.provider == DEEPGRAM:
-                rows.append((path, route))
-        return rows
+    def provider_path(self, provider: str) -> str:
+        """A provider's first path (its main entry point, shown by `/readyz`)."""
+        return next(e.full_path(self.proxy_path) for e in ROUTE_TABLE if e.route.provider == provider)
+
+    def endpoints(self) -> list[tuple[str, Route, str]]:
+        """Every listed WebSocket path with its route and description, for startup lines and
+        `voxgate check`."""
+        return [
+            (e.full_path(self.proxy_path), e.route, e.description)
+            for e in ROUTE_TABLE if e.websocket and e.listed
+        ]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from voxgate.config import DEEPGRAM
+from voxgate.supervisor.routing import kinds
 from voxgate.workers.deepgram.upstream import profile_for
 from voxgate.workers.passthrough import run_passthrough
 from voxgate.workers.runtime import Handler, Session
@@ -12,6 +14,4 @@ async def handle(session: Session) -> None:
     await run_passthrough(session, profile_for(session))
 
 
-HANDLERS: dict[str, Handler] = {
-    kind: handle for kind in ("agent", "listen", "speak", "listen_v2", "speak_v2")
-}
+HANDLERS: dict[str, Handler] = {kind: handle for kind in kinds(DEEPGRAM)}
