@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -149,7 +150,7 @@ class Supervisor:
                         self.halt(all_scope)
                         return
 
-    async def _until_stop(self, signals: Any) -> None:
+    async def _until_stop(self, signals: AsyncIterator[int]) -> None:
         """Serve SIGHUP (one roll at a time) until SIGTERM or SIGINT, which cancels a roll."""
         async with trio.open_nursery() as rolls:
             async for signum in signals:
