@@ -108,12 +108,16 @@ def admin_ok(sup: Supervisor, head: Head) -> bool:
     return False
 
 
+def _unauthorized(sup: Supervisor) -> bytes:
+    return _reply(sup, 401, {"error": "unauthorized", "message": "admin token required"})
+
+
 def _admin_refusal(sup: Supervisor, head: Head) -> bytes | None:
     """404 when there is no admin API (no --admin-token), 401 without its bearer, else None."""
     if not sup.config.admin_token:
         return _reply(sup, 404, "Not Found")
     if not admin_ok(sup, head):
-        return _reply(sup, 401, {"error": "unauthorized", "message": "admin token required"})
+        return _unauthorized(sup)
     return None
 
 
@@ -179,7 +183,8 @@ async def metrics_text(sup: Supervisor, req: Request) -> bytes:
 # -- client tokens -----------------------------------------------------------------------
 
 
-def _mint_problem(body: dict) -> str | None:
+def _mint_terms(body: dict) -> tuple[int, str | None, str | None, str | None, Budget] | str:
+    """(ttl, origin, provider, label, budget) of a minting request, or what is wrong with it."""
     ttl, origin, provider = body.get("ttl", TOKEN_TTL_DEFAULT), body.get("origin"), body.get("provider")
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= TOKEN_TTL_MAX:
         return f"ttl must be 1..{TOKEN_TTL_MAX} seconds"
@@ -187,7 +192,10 @@ def _mint_problem(body: dict) -> str | None:
         return "origin must be a string"
     if provider is not None and provider not in PROVIDERS:
         return "provider must be openai or deepgram"
-    return None
+    terms = token_terms(body)
+    if isinstance(terms, str):
+        return terms
+    return ttl, origin, provider, *terms
 
 
 async def mint(sup: Supervisor, req: Request) -> bytes:
@@ -196,16 +204,12 @@ async def mint(sup: Supervisor, req: Request) -> bytes:
     if not cfg.token_secret or not cfg.admin_token:
         return _reply(sup, 404, "Not Found")
     if not admin_ok(sup, req.head):
-        return _reply(sup, 401, {"error": "unauthorized", "message": "admin token required"})
+        return _unauthorized(sup)
     body = json_body(req.head)
-    if isinstance(body, str):
-        return _bad(sup, body)
-    problem = _mint_problem(body)
-    terms = token_terms(body) if problem is None else problem
+    terms = body if isinstance(body, str) else _mint_terms(body)
     if isinstance(terms, str):
         return _bad(sup, terms)
-    label, budget = terms
-    ttl, origin, provider = body.get("ttl", TOKEN_TTL_DEFAULT), body.get("origin"), body.get("provider")
+    ttl, origin, provider, label, budget = terms
     token, expires = mint_token(cfg.token_secret, ttl=ttl, origin=origin, provider=provider, label=label, budget=budget)
     ident = token_id(sup.admission.token_info(token, origin, provider))
     return _reply(sup, 200, {"token": token, "id": ident, "expires_at": expires, "ttl": ttl})
