@@ -24,7 +24,7 @@ from voxgate.supervisor import metrics
 from voxgate.supervisor.admission import TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX, Budget, mint_token
 from voxgate.supervisor.http import Head, response
 from voxgate.supervisor.page import PAGE_HEADERS, REFUSAL_PATH
-from voxgate.supervisor.routing import supervisor_endpoint
+from voxgate.supervisor.routing import SUPERVISOR_PATHS, supervisor_endpoint
 from voxgate.supervisor.sessions import entry_matches, parse_filters
 from voxgate.supervisor.store import token_id
 
@@ -51,6 +51,8 @@ Handler = Callable[["Supervisor", Request], Awaitable[bytes]]
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """A handler and the methods it answers."""
+
     handler: Handler
     # Other methods: OPTIONS is a CORS preflight, anything else is not served (404/405/426).
     methods: tuple[str, ...] = READ_METHODS
@@ -271,7 +273,7 @@ async def sessions(sup: Supervisor, req: Request) -> bytes:
     filters = parse_filters(req.query)
     if isinstance(filters, str):
         return _bad(sup, filters)
-    sid = req.rest if req.path != "/v1/sessions" else None
+    sid = None if req.path in SUPERVISOR_PATHS else req.rest  # /v1/sessions/<id>
     method = req.head.method
     if method not in ("GET", "DELETE") or (method == "GET" and sid is not None):
         return _reply(sup, 405, {"error": "method_not_allowed", "message": "use GET or DELETE"},
