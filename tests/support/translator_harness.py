@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from voxgate.workers.openai.translator import (
+from voxgate.workers.openai.actions import (
     ArmTimer,
     CancelTimer,
     CloseClient,
@@ -19,8 +19,8 @@ from voxgate.workers.openai.translator import (
     Log,
     SendClient,
     SendUpstream,
-    Translator,
 )
+from voxgate.workers.openai.translator import Translator
 
 SETTINGS: dict[str, Any] = {"type": "Settings", "agent": {"think": {"prompt": "Help."}}}
 MANUAL_SETTINGS: dict[str, Any] = {

@@ -18,12 +18,8 @@ from tests.support.translator_harness import (
     fco_done,
     user_item,
 )
-from voxgate.workers.openai.translator import (
-    MAX_APPEND_BYTES,
-    CancelTimer,
-    CloseClient,
-    CloseUpstream,
-)
+from voxgate.workers.openai.actions import CancelTimer, CloseClient, CloseUpstream
+from voxgate.workers.openai.audio_flow import MAX_APPEND_BYTES
 
 
 def settings_with_audio(input_: dict | None = None, output: dict | None = None, **agent) -> dict:

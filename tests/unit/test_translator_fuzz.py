@@ -8,7 +8,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from voxgate.workers.openai.translator import (
+from voxgate.workers.openai.actions import (
     TIMERS,
     ArmTimer,
     CancelTimer,
@@ -17,8 +17,8 @@ from voxgate.workers.openai.translator import (
     Log,
     SendClient,
     SendUpstream,
-    Translator,
 )
+from voxgate.workers.openai.translator import Translator
 from voxgate.workers.openai.upstream_map import GA_SERVER_EVENT_TYPES
 
 ACTION_TYPES = (SendClient, SendUpstream, ArmTimer, CancelTimer, CloseClient, CloseUpstream, Log)

@@ -14,7 +14,7 @@ from tests.support.translator_harness import (
     fco_done,
     user_item,
 )
-from voxgate.workers.openai.translator import CloseUpstream
+from voxgate.workers.openai.actions import CloseUpstream
 
 
 def index(types: list[str], name: str) -> int:

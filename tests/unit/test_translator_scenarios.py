@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tests.support.translator_harness import SESSION_UPDATED, Harness, Out
-from voxgate.workers.openai.translator import CloseClient, SendUpstream
+from voxgate.workers.openai.actions import CloseClient, SendUpstream
 
 MOCK_TEXT = "Hello from mock"
 

@@ -41,7 +41,7 @@ from voxgate.workers.frames import (
 from voxgate.workers.handshake import open_upstream
 from voxgate.workers.legs import Leg, LegPair
 from voxgate.workers.openai import upstream
-from voxgate.workers.openai.translator import (
+from voxgate.workers.openai.actions import (
     Action,
     ArmTimer,
     CancelTimer,
@@ -50,9 +50,8 @@ from voxgate.workers.openai.translator import (
     Log,
     SendClient,
     SendUpstream,
-    Translator,
-    dialect_for_path,
 )
+from voxgate.workers.openai.translator import Translator, dialect_for_path
 from voxgate.workers.passthrough import echo_subprotocol
 from voxgate.workers.runtime import Session
 from voxgate.workers.usage import bytes_per_second
@@ -87,7 +86,6 @@ class TranslatorSession(LegPair):
             policy=rules_for(config.session_policy, session.route, session.token_label),
             dialect=dialect_for_path(session.handshake.request.path),
         )
-        self.max_pending = config.max_message_bytes * 4
         self.c = _Leg(MessageReader(masked=True, max_message=config.max_message_bytes))
         self.up = _Leg(MessageReader(masked=False, max_message=UPSTREAM_MAX_MESSAGE))
         self.up_stream: trio.abc.Stream | None = None
@@ -111,7 +109,7 @@ class TranslatorSession(LegPair):
     def _rates(self) -> tuple[float | None, float | None]:
         """Bytes per second of the formats the core uses with the client now."""
         core = self.core
-        fin, fout = core._input_format, core._output_format  # noqa: SLF001 - read-only
+        fin, fout = core.audio_formats
         return bytes_per_second(fin.encoding, fin.sample_rate), bytes_per_second(fout.encoding, fout.sample_rate)
 
     def _sync_rates(self) -> None:
@@ -122,7 +120,7 @@ class TranslatorSession(LegPair):
         # the one Settings the core honours declares the formats of all audio, also audio
         # the client sent before it was processed
         first = not self._rates_declared
-        self._rates_declared = self.core._forwarded  # noqa: SLF001 - read-only
+        self._rates_declared = self.core.settings_forwarded
         usage.audio_up.set_rate(up, retroactive=first)
         usage.audio_down.set_rate(down, retroactive=first)
 
@@ -206,7 +204,7 @@ class TranslatorSession(LegPair):
             elif (
                 (uc is not None and uc.out_bytes > HIGH_WATER)
                 or cc.out_bytes > CLIENT_OUT_BOUND
-                or (core.pending_bytes > self.max_pending and not core.ready and not core.closed)
+                or (core.pending_bytes > core.max_pending_bytes and not core.ready and not core.closed)
             ):
                 cc.pause()
             else:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from voxgate.workers.openai.audio import OPENAI_RATE, SUPPORTED_LINEAR16_RATES
-from voxgate.workers.openai.turn_detection import SERVER_VAD
+from voxgate.workers.openai.turn_detection import SEMANTIC_VAD, SERVER_VAD
 
 __all__ = [
     "AudioFormat",
@@ -220,14 +220,18 @@ def _managed_prompt(spec: Any) -> dict[str, Any] | None:
     return prompt
 
 
-def map_settings(settings: dict[str, Any], *, default_model: str) -> SessionPlan | SettingsRejected:
-    """Plan the `session.update` for one Settings message, or say why it cannot be honoured."""
-    agent = _obj(settings.get("agent"))
-    think = _obj(agent.get("think"))
-    provider = _obj(think.get("provider"))
-    audio = _obj(settings.get("audio"))
-    manual = agent.get("useOpenAIManualAudioCommit") is True
+@dataclass(frozen=True, slots=True)
+class _Formats:
+    """The audio side of a Settings: both legs' formats and the upstream output options."""
 
+    input_format: AudioFormat
+    output_format: AudioFormat
+    output_passthrough: bool
+    session_output: dict[str, Any]  # `audio.output` of the session (may be empty)
+
+
+def _map_formats(audio: dict[str, Any], agent: dict[str, Any], manual: bool) -> _Formats | SettingsRejected:
+    """`audio.input` / `audio.output` and `agent.sessionAudioOutput` (D4, D5, §2.2)."""
     input_format = _audio_format(audio.get("input"), default=DEFAULT_INPUT, leg="input")
     if isinstance(input_format, SettingsRejected):
         return input_format
@@ -237,22 +241,30 @@ def map_settings(settings: dict[str, Any], *, default_model: str) -> SessionPlan
             "Manual audio commit mode supports linear16 input only.",
         )
     session_output = _session_audio_output(agent.get("sessionAudioOutput"))
-    output_passthrough = "format" in session_output
-    if output_passthrough:
-        output_format = DEFAULT_OUTPUT  # upstream format chosen by the client; not converted
-    else:
-        output_format = _audio_format(audio.get("output"), default=DEFAULT_OUTPUT, leg="output")
-        if isinstance(output_format, SettingsRejected):
-            return output_format
-        if not output_format.is_linear16:
-            session_output = {"format": {"type": output_format.openai_type}, **session_output}
+    if "format" in session_output:  # upstream format chosen by the client; not converted
+        return _Formats(input_format, DEFAULT_OUTPUT, True, session_output)
+    output_format = _audio_format(audio.get("output"), default=DEFAULT_OUTPUT, leg="output")
+    if isinstance(output_format, SettingsRejected):
+        return output_format
+    if not output_format.is_linear16:
+        session_output = {"format": {"type": output_format.openai_type}, **session_output}
+    return _Formats(input_format, output_format, False, session_output)
 
-    model = provider.get("model")
-    requested_model = None
-    if not (isinstance(model, str) and "realtime" in model):  # D8
-        requested_model = model if isinstance(model, str) else None
-        model = default_model
 
+def _map_model(think: dict[str, Any], default_model: str) -> tuple[str, str | None]:
+    """`think.provider.model`, or the default for a non-realtime model (D8); and the model
+    the client asked for when it was replaced."""
+    model = _obj(think.get("provider")).get("model")
+    if isinstance(model, str) and "realtime" in model:
+        return model, None
+    return default_model, model if isinstance(model, str) else None
+
+
+def _map_prompt(
+    think: dict[str, Any], agent: dict[str, Any]
+) -> tuple[str, bool, list[dict[str, Any]]]:
+    """The instructions (prompt, then the earlier conversation, then the tool-results
+    sentence), whether there was a context, and the tools."""
     instructions = think.get("prompt") if isinstance(think.get("prompt"), str) else ""
     context = _obj(agent.get("context")).get("messages")
     had_context = isinstance(context, list) and len(context) > 0
@@ -262,16 +274,27 @@ def map_settings(settings: dict[str, Any], *, default_model: str) -> SessionPlan
     tools = _tools(functions) if isinstance(functions, list) else []
     if isinstance(functions, list) and functions:
         instructions = _append_paragraph(instructions, TOOL_RESULTS_SENTENCE)
+    return instructions, had_context, tools
 
+
+def _map_turn_detection(agent: dict[str, Any], manual: bool) -> dict[str, Any] | None:
+    """Server VAD with the agent's idle timeout; None (manual commit) behind the test flag."""
+    if manual:
+        return None
+    turn_detection = dict(DEFAULT_TURN_DETECTION)
+    turn_detection["idle_timeout_ms"] = _idle_timeout_ms(agent.get("idleTimeoutMs"))
+    return turn_detection
+
+
+def _map_listen(
+    formats: _Formats, agent: dict[str, Any], turn_detection: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The session's `audio` object: input format, transcription (D10), turn detection,
+    and the output options when there are any."""
     language = agent.get("language")
     language = language if isinstance(language, str) and language.strip() else "en"  # D10
-    if manual:
-        turn_detection = None
-    else:
-        turn_detection = dict(DEFAULT_TURN_DETECTION)
-        turn_detection["idle_timeout_ms"] = _idle_timeout_ms(agent.get("idleTimeoutMs"))
-    input_fmt: dict[str, Any] = {"type": input_format.openai_type}
-    if input_format.is_linear16:
+    input_fmt: dict[str, Any] = {"type": formats.input_format.openai_type}
+    if formats.input_format.is_linear16:
         input_fmt["rate"] = OPENAI_RATE
     audio_session: dict[str, Any] = {
         "input": {
@@ -280,42 +303,68 @@ def map_settings(settings: dict[str, Any], *, default_model: str) -> SessionPlan
             "turn_detection": turn_detection,
         }
     }
-    if session_output:
-        audio_session["output"] = session_output
+    if formats.session_output:
+        audio_session["output"] = formats.session_output
+    return audio_session
 
-    session: dict[str, Any] = {
-        "type": "realtime",
-        "model": model,
-        "instructions": instructions,
-        "audio": audio_session,
-    }
-    if tools:
-        session["tools"] = tools
+
+def _map_think_options(think: dict[str, Any]) -> dict[str, Any]:
+    """The optional think fields with a Realtime twin, in the order the session lists them."""
+    options: dict[str, Any] = {}
     if think.get("toolChoice") is not None:
-        session["tool_choice"] = think["toolChoice"]
+        options["tool_choice"] = think["toolChoice"]
     modalities = think.get("outputModalities")
     if isinstance(modalities, list):
         kept = [m for m in modalities if m in ("text", "audio")]
         if kept:
-            session["output_modalities"] = kept
+            options["output_modalities"] = kept
     max_tokens = _whole(think.get("maxOutputTokens"))
     if max_tokens is not None and 0 < max_tokens <= MAX_SAFE_INTEGER:
-        session["max_output_tokens"] = max_tokens
+        options["max_output_tokens"] = max_tokens
     prompt = _managed_prompt(think.get("managedPrompt"))
     if prompt is not None:
-        session["prompt"] = prompt
+        options["prompt"] = prompt
+    return options
 
+
+def _map_greeting(agent: dict[str, Any]) -> str | None:
     greeting = agent.get("greeting")
-    greeting = greeting.strip() if isinstance(greeting, str) and greeting.strip() else None
+    return greeting.strip() if isinstance(greeting, str) and greeting.strip() else None
+
+
+def map_settings(settings: dict[str, Any], *, default_model: str) -> SessionPlan | SettingsRejected:
+    """Plan the `session.update` for one Settings message, or say why it cannot be honoured.
+
+    One mapper per part, in the order the session object is built: audio formats, model
+    (think), instructions and tools (think, context), turn detection and the `audio` object
+    (listen), the optional think fields, the greeting."""
+    agent = _obj(settings.get("agent"))
+    think = _obj(agent.get("think"))
+    manual = agent.get("useOpenAIManualAudioCommit") is True
+    formats = _map_formats(_obj(settings.get("audio")), agent, manual)
+    if isinstance(formats, SettingsRejected):
+        return formats
+    model, requested_model = _map_model(think, default_model)
+    instructions, had_context, tools = _map_prompt(think, agent)
+    turn_detection = _map_turn_detection(agent, manual)
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "model": model,
+        "instructions": instructions,
+        "audio": _map_listen(formats, agent, turn_detection),
+    }
+    if tools:
+        session["tools"] = tools
+    session.update(_map_think_options(think))
     return SessionPlan(
         session=session,
         instructions=instructions,
-        greeting=greeting,
+        greeting=_map_greeting(agent),
         had_context=had_context,
         server_vad=turn_detection is not None,
-        input_format=input_format,
-        output_format=output_format,
-        output_passthrough=output_passthrough,
+        input_format=formats.input_format,
+        output_format=formats.output_format,
+        output_passthrough=formats.output_passthrough,
         requested_model=requested_model,
     )
 
@@ -376,6 +425,25 @@ def _eagerness(threshold: float) -> str:
     return "low"
 
 
+def _listen_problem(threshold: Any, timeout: Any) -> SettingsRejected | None:
+    """Why `eot_threshold` / `eot_timeout_ms` cannot be honoured, or None."""
+    if threshold is not None and not (_is_finite(threshold) and 0 <= threshold <= 1):
+        return SettingsRejected(
+            "invalid_client_message", "UpdateListen eot_threshold must be a number from 0 to 1."
+        )
+    if timeout is not None and not (_is_finite(timeout) and timeout > 0):
+        return SettingsRejected(
+            "invalid_client_message", "UpdateListen eot_timeout_ms must be a positive number."
+        )
+    return None
+
+
+def _keyterms(value: Any) -> list[str] | None:
+    if not isinstance(value, list):
+        return None
+    return [k for k in value if isinstance(k, str) and k.strip()]
+
+
 def map_update_listen(message: dict[str, Any]) -> ListenChange | SettingsRejected:
     """`UpdateListen.listen.provider` (Deepgram v1 or Flux v2 shape) as turn-detection and
     transcription changes: `eot_threshold` -> semantic VAD eagerness, `eot_timeout_ms` ->
@@ -388,24 +456,16 @@ def map_update_listen(message: dict[str, Any]) -> ListenChange | SettingsRejecte
         )
     threshold = provider.get("eot_threshold")
     timeout = provider.get("eot_timeout_ms")
-    if threshold is not None and not (_is_finite(threshold) and 0 <= threshold <= 1):
-        return SettingsRejected(
-            "invalid_client_message", "UpdateListen eot_threshold must be a number from 0 to 1."
-        )
-    if timeout is not None and not (_is_finite(timeout) and timeout > 0):
-        return SettingsRejected(
-            "invalid_client_message", "UpdateListen eot_timeout_ms must be a positive number."
-        )
+    problem = _listen_problem(threshold, timeout)
+    if problem is not None:
+        return problem
     low, high = EOT_TIMEOUT_BOUNDS_MS
     language = provider.get("language")
-    keyterms = provider.get("keyterms")
     return ListenChange(
         eot_timeout_ms=None if timeout is None else min(high, max(low, _round_half_up(timeout))),
         eagerness=None if threshold is None else _eagerness(threshold),
         language=language.strip() if isinstance(language, str) and language.strip() else None,
-        keyterms=[k for k in keyterms if isinstance(k, str) and k.strip()]
-        if isinstance(keyterms, list)
-        else None,
+        keyterms=_keyterms(provider.get("keyterms")),
     )
 
 
@@ -416,12 +476,7 @@ def listen_session(
     replaces these objects whole). Manual-commit mode keeps `turn_detection` null."""
     td = None if turn_detection is None else dict(turn_detection)
     if td is not None and change.eagerness is not None:
-        td = {
-            "type": "semantic_vad",
-            "eagerness": change.eagerness,
-            "create_response": True,
-            "interrupt_response": True,
-        }
+        td = {**SEMANTIC_VAD, "eagerness": change.eagerness}
     elif td is not None and change.eot_timeout_ms is not None:
         if td.get("type") != "server_vad":
             td = dict(DEFAULT_TURN_DETECTION)
