@@ -18,9 +18,10 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.conftest import DEEPGRAM_KEY, OPENAI_KEY, gateway_env
-from tests.support.deepgram_helpers import SETTINGS
 from tests.support.deepgram_sdk import sdk_client
+from tests.support.gateway import gateway_env
+from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
+from tests.support.settings import FULL_SETTINGS
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 
 DUMMY = "dg-client-side-dummy-key"
@@ -58,7 +59,7 @@ def dialogue(port: int, path: str, *, speak: bool) -> list[Any]:
     seen: list[Any] = []
     with sdk_client(port, DUMMY, path=path).agent.v1.connect() as agent:
         agent._websocket.socket.settimeout(10)  # noqa: SLF001 - never hang the worker thread
-        agent.send_settings(AgentV1Settings(**SETTINGS))
+        agent.send_settings(AgentV1Settings(**FULL_SETTINGS))
         _until(agent, seen, _is("SettingsApplied"))
         agent.send_inject_user_message(AgentV1InjectUserMessage(content="hi sdk"))
         _until(agent, seen, _is("AgentAudioDone"))
@@ -72,13 +73,10 @@ def dialogue(port: int, path: str, *, speak: bool) -> list[Any]:
     return seen
 
 
-@pytest.mark.parametrize("provider", ["deepgram", "openai"])
-async def test_sdk_yields_only_typed_messages_on_both_agent_paths(gw, provider, openai_sim):
-    speak = provider == "openai"
-    with trio.fail_after(30):
-        seen = await trio.to_thread.run_sync(
-            lambda: dialogue(gw.port, PATHS[provider], speak=speak), abandon_on_cancel=True
-        )
+def check_typed_turns(seen: list[Any]) -> tuple[list[Any], list[str]]:
+    """Every message the SDK yielded is typed (or audio bytes), each turn's assistant text
+    comes before its AgentAudioDone, and the non-JSON frame ends in an Error; returns the
+    typed messages and their types."""
     untyped = [m for m in seen if isinstance(m, dict)]
     assert untyped == []
     typed = [m for m in seen if not isinstance(m, bytes)]
@@ -90,22 +88,38 @@ async def test_sdk_yields_only_typed_messages_on_both_agent_paths(gw, provider, 
     dones = [i for i, t in enumerate(types) if t == "AgentAudioDone"]
     assert len(texts) == len(dones) >= 1 and all(t < d for t, d in zip(texts, dones, strict=True))
     assert typed[-1].type == "Error" and typed[-1].code == "UNPARSABLE_CLIENT_MESSAGE"
+    return typed, types
+
+
+def check_openai_upstream(typed: list[Any], types: list[str], openai_sim: Any) -> None:
+    """On /openai: the spoken turn was transcribed, and upstream saw the gateway's key only."""
+    users = [m.content for m in typed if _is("ConversationText", "user")(m)]
+    assert users == ["hi sdk", "audio of 0.6 seconds"]  # the spoken turn's final transcript
+    assert "LatencyReport" in types and "AgentStartedSpeaking" in types
+    [record] = openai_sim.connections
+    assert record.header("authorization") == f"Bearer {OPENAI_KEY}"
+    assert not any(DUMMY in v for _, v in record.headers)
+    session = record.received_json()[0]["session"]
+    assert session["model"] == "gpt-realtime" and session["instructions"] == "Be brief."
+
+
+@pytest.mark.parametrize("provider", ["deepgram", "openai"])
+async def test_sdk_yields_only_typed_messages_on_both_agent_paths(gw, provider, openai_sim):
+    speak = provider == "openai"
+    with trio.fail_after(30):
+        seen = await trio.to_thread.run_sync(
+            lambda: dialogue(gw.port, PATHS[provider], speak=speak), abandon_on_cancel=True
+        )
+    typed, types = check_typed_turns(seen)
     if provider == "openai":
-        users = [m.content for m in typed if _is("ConversationText", "user")(m)]
-        assert users == ["hi sdk", "audio of 0.6 seconds"]  # the spoken turn's final transcript
-        assert "LatencyReport" in types and "AgentStartedSpeaking" in types
-        [record] = openai_sim.connections
-        assert record.header("authorization") == f"Bearer {OPENAI_KEY}"
-        assert not any(DUMMY in v for _, v in record.headers)
-        session = record.received_json()[0]["session"]
-        assert session["model"] == "gpt-realtime" and session["instructions"] == "Be brief."
+        check_openai_upstream(typed, types, openai_sim)
 
 
 async def test_bare_openai_path_keeps_the_reference_dialect(gw, openai_sim):
     """dg_react_agent connects to bare `/openai` and expects the reference's message set."""
     async with tws.open_websocket_url(f"ws://127.0.0.1:{gw.port}/openai") as ws:
         assert orjson.loads(await ws.get_message())["type"] == "Welcome"
-        await ws.send_message(orjson.dumps(SETTINGS).decode())
+        await ws.send_message(orjson.dumps(FULL_SETTINGS).decode())
         kinds: list[str] = []
         with trio.fail_after(10):
             while "SettingsApplied" not in kinds:

@@ -13,8 +13,8 @@ from pathlib import Path
 import trio
 import trustme
 
-from tests.conftest import OPENAI_KEY
 from tests.support.gateway import base_env
+from tests.support.keys import OPENAI_KEY
 from tests.support.node import node_modules
 
 SCRIPT = Path(__file__).resolve().parent / "node" / "openai_realtime.mjs"

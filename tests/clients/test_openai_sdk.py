@@ -16,19 +16,9 @@ import trio
 import trio_websocket as tws
 from openai import AsyncOpenAI
 
-from tests.conftest import OPENAI_KEY
 from tests.support.gateway import base_env, start_gateway
-from tests.support.portfwd import Forwarder
-
-DUMMY = "client-side-dummy"
-
-
-@pytest.fixture(scope="module")
-def fwd():
-    forwarder = Forwarder()
-    forwarder.start()
-    yield forwarder
-    forwarder.stop()
+from tests.support.keys import OPENAI_KEY
+from tests.support.openai_sdk import DUMMY, sdk_session
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +34,6 @@ def gw(fwd):
 async def sim(openai_sim, fwd):
     fwd.target = openai_sim.port
     return openai_sim
-
-
-async def sdk_session(base_url: str, model: str) -> list:
-    """session.update -> session.updated; a user item; response.create -> response.done."""
-    client = AsyncOpenAI(api_key=DUMMY, websocket_base_url=base_url)
-    events = []
-    async with client.realtime.connect(model=model) as conn:
-        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"],
-                                           "instructions": "Be brief."})
-        async for event in conn:
-            events.append(event)
-            if event.type == "session.updated":
-                await conn.conversation.item.create(item={
-                    "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello sdk"}]})
-                await conn.response.create()
-            elif event.type in ("response.done", "error"):
-                break
-    return events
 
 
 async def test_sdk_session_through_the_raw_relay(gw, sim):

@@ -9,19 +9,11 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.integration.test_supervisor import echo_env
+from tests.support.gateway import echo_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT, RawClient, close_code
-from tests.support.upstream import EchoUpstream
 
 TOKEN = "Zq8xW3vNp1-tok"
 ADMIN = "Jk5RmT2yq9-adm"
-
-
-@pytest.fixture
-async def echo(nursery):
-    up = EchoUpstream()
-    up.port = await nursery.start(up.serve)
-    return up
 
 
 async def status_of(port: int, path: str, **kw) -> tuple[int, RawClient]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import gateway_env
+from tests.support.gateway import gateway_env
 from tests.support.parts import missing_part
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -16,17 +16,10 @@ import orjson
 import pytest
 import trio
 
-from tests.support.deepgram_helpers import (
-    KEY,
-    SETTINGS,
-    DGClient,
-    RawUpstream,
-    json_type,
-    key_leaks,
-)
+from tests.support.deepgram_helpers import KEY, DGClient, RawUpstream, json_type, key_leaks
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, close_payload
-from tests.support.upstream import EchoUpstream
+from tests.support.settings import FULL_SETTINGS
 from voxgate.simulate.common import Frame, silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import (
     NET0001_REASON,
@@ -51,13 +44,6 @@ async def sim(nursery):
     simulator = DeepgramSimulator(api_key=KEY, listen_idle_timeout=1.0)
     simulator.port = await nursery.start(simulator.serve)
     return simulator
-
-
-@pytest.fixture
-async def echo(nursery):
-    upstream = EchoUpstream()
-    upstream.port = await nursery.start(upstream.serve)
-    return upstream
 
 
 @pytest.fixture
@@ -134,7 +120,7 @@ def as_frames(messages: list[tuple[int, bytes]]) -> list[Frame]:
 async def test_settings_sent_before_upstream_opens_arrive_first_and_unchanged(dg, sim):
     gw = await dg.gateway(sim.port)
     # Not compact on purpose: the bytes must arrive exactly as sent.
-    settings_text = orjson.dumps(SETTINGS, option=orjson.OPT_INDENT_2).decode()
+    settings_text = orjson.dumps(FULL_SETTINGS, option=orjson.OPT_INDENT_2).decode()
     audio = tone_pcm16(40, rate=16000)
     with trio.fail_after(5):
         client = await dg.connect(gw, f"{PROXY}?service=agent&sim_fault=delay:500")
@@ -166,7 +152,7 @@ async def test_frame_types_are_kept_both_ways_including_json_in_binary(dg, sim):
     audio = tone_pcm16(100, rate=16000)
     with trio.fail_after(5):
         client = await dg.connect(gw, f"{AGENT}?sim_json_binary=1")
-        await client.send_text(SETTINGS)
+        await client.send_text(FULL_SETTINGS)
         seen = await client.recv_until_type("SettingsApplied")
         await client.send_binary(audio)
         await client.send_text({"type": "InjectUserMessage", "content": "hello"})
@@ -268,7 +254,7 @@ async def test_no_key_piece_in_debug_logs_or_client_bytes(dg, sim):
     gw = await dg.gateway(sim.port, "--log-level", "debug")
     with trio.fail_after(5):
         client = await dg.connect(gw, f"{PROXY}?service=agent&token={CLIENT_TOKEN}")
-        await client.send_text(SETTINGS)
+        await client.send_text(FULL_SETTINGS)
         await client.send_text({"type": "InjectUserMessage", "content": "hello"})
         await client.recv_until_type("AgentAudioDone")
         assert await client.finish(1000) == 1000
@@ -491,7 +477,7 @@ async def test_client_leaving_during_upstream_connect_closes_the_upstream_at_onc
         with trio.fail_after(5):
             client = await dg.connect(gw, f"{AGENT}?sim_fault=hang")
             record = await sim.wait_connection(index)
-            await client.send_text(SETTINGS)
+            await client.send_text(FULL_SETTINGS)
             t0 = trio.current_time()
             if how == "tcp-drop":
                 await client.aclose()
@@ -591,7 +577,7 @@ async def test_text_only_first_turn_from_the_simulator_gets_nothing_extra(dg, si
     gw = await dg.gateway(sim.port)
     with trio.fail_after(5):
         client = await dg.connect(gw, AGENT)
-        await client.send_text(SETTINGS)
+        await client.send_text(FULL_SETTINGS)
         await client.send_text({"type": "InjectUserMessage", "content": "hi"})
         seen = await client.recv_until_type("AgentAudioDone")
         record = sim.connections[0]
@@ -614,7 +600,7 @@ async def test_client_ping_is_answered_and_copied_upstream(dg, sim):
         assert await client.recv_frame() == (OP_PONG, True, b"are-you-there")
         record = sim.connections[0]
         await record.wait_until(lambda r: sim.pings(r) == [b"are-you-there"])
-        await client.send_text(SETTINGS)
+        await client.send_text(FULL_SETTINGS)
         # the simulator's pong to the copied ping is not relayed: the next frame is data
         assert (await client.recv_frame())[::2] == (OP_TEXT, b'{"type":"SettingsApplied"}')
 

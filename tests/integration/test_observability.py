@@ -6,22 +6,12 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 import trio
 import trio_websocket as tws
 
-from tests.conftest import OPENAI_KEY, astop
-from tests.integration.test_supervisor import echo_env
-from tests.support.gateway import base_env, run_cli
+from tests.support.gateway import astop, base_env, echo_env, run_cli
+from tests.support.keys import OPENAI_KEY
 from tests.support.rawws import RawClient
-from tests.support.upstream import EchoUpstream
-
-
-@pytest.fixture
-async def echo(nursery):
-    up = EchoUpstream()
-    up.port = await nursery.start(up.serve)
-    return up
 
 
 def metric(text: str, name: str, **labels: str) -> float:

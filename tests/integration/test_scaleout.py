@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from tests.conftest import astart_gateway, astop
-from tests.integration.test_control import ADMIN, admin, read_until_close
-from tests.integration.test_supervisor import echo_env
-from tests.support.gateway import Gateway, kill_if_alive
-from tests.support.rawws import OP_BIN, OP_TEXT, RawClient
+from tests.support.admin import ADMIN, admin
+from tests.support.gateway import Gateway, astart_gateway, astop, echo_env, kill_if_alive
+from tests.support.rawws import OP_BIN, OP_TEXT, RawClient, read_until_close
 from tests.support.scaleout import HAProxy, RedisServer, require_binaries
 from tests.support.upstream import EchoUpstream
 
@@ -327,13 +325,6 @@ async def test_usage_totals_equal_what_the_upstreams_saw(cluster_factory):
 
 
 # -- the same interface without Redis: one instance, everything in-process --------------------
-
-
-@pytest.fixture
-async def echo(nursery):
-    up = EchoUpstream()
-    up.port = await nursery.start(up.serve)
-    return up
 
 
 async def test_revocation_and_usage_work_in_process(gateway_factory, echo):

@@ -23,9 +23,10 @@ import orjson
 import pytest
 import trio
 
-from tests.support.deepgram_helpers import SETTINGS, DGClient, json_type, key_leaks
+from tests.support.deepgram_helpers import DGClient, json_type, key_leaks
 from tests.support.gateway import Gateway, base_env
 from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT
+from tests.support.settings import BRIEF_SETTINGS, FULL_SETTINGS, session_update
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import DeepgramSimulator
 from voxgate.simulate.openai import OpenAISimulator
@@ -200,6 +201,76 @@ async def expect_error_then_close(client: DGClient, code: str, close: int) -> No
     assert got == close
 
 
+async def translator_turn(rec, gw: Gateway) -> None:
+    """/openai translator: a text turn (token in the query)."""
+    client = await rec.connect(gw, f"/openai?token={TOKEN_A}")
+    assert client.status == 101
+    await messages_until(client, of_type("Welcome"))
+    await client.send_text(BRIEF_SETTINGS)
+    await messages_until(client, of_type("SettingsApplied"))
+    await client.send_text({"type": "InjectUserMessage", "content": "hello secrets"})
+    texts = []
+    await messages_until(client, lambda op, p: of_type("ConversationText")(op, p)
+                         and texts.append(orjson.loads(p)) is None and len(texts) == 2)
+    assert texts[1]["content"] == "You said: hello secrets"
+    assert await client.finish(1000) == 1000
+
+
+async def relay_turn(rec, gw: Gateway) -> None:
+    """/openai/v1/realtime: raw relay (token as Authorization: Bearer)."""
+    client = await rec.connect(gw, f"{REALTIME}?model=gpt-realtime",
+                               headers=[("Authorization", f"Bearer {TOKEN_B}")])
+    assert client.status == 101
+    await messages_until(client, of_type("session.created"))
+    await client.send_text(session_update(output_modalities=["text"]))
+    await messages_until(client, of_type("session.updated"))
+    await client.send_text({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi relay"}]}})
+    await client.send_text({"type": "response.create"})
+    [(_, done)] = (await messages_until(client, of_type("response.done")))[-1:]
+    assert orjson.loads(done)["response"]["status"] == "completed"
+    assert await client.finish(1000) == 1000
+
+
+async def agent_turn(rec, gw: Gateway, signed: str) -> None:
+    """/deepgram-proxy agent (a minted token as subprotocol access_token.<t>)."""
+    client = await rec.connect(gw, "/deepgram-proxy", subprotocols=[f"access_token.{signed}"])
+    assert client.status == 101
+    await client.send_text(FULL_SETTINGS)
+    await client.send_text({"type": "InjectUserMessage", "content": "hello agent"})
+    await messages_until(client, of_type("AgentAudioDone"))
+    assert await client.finish(1000) == 1000
+
+
+async def listen_turn(rec, gw: Gateway) -> None:
+    """listen (static token in the query)."""
+    client = await rec.connect(gw, f"{LISTEN}?token={TOKEN_A}&model=nova-3&encoding=linear16&sample_rate=16000")
+    assert client.status == 101
+    audio = tone_pcm16(600, rate=16000) + silence_pcm16(200, rate=16000)
+    for i in range(0, len(audio), 3200):
+        await client.send_binary(audio[i : i + 3200])
+    await messages_until(client, of_type("Results"))
+    await client.send_text({"type": "CloseStream"})
+    await messages_until(client, of_type("Metadata"))
+    code, _ = await client.expect_close()
+    assert code == 1000
+
+
+async def speak_turn(rec, gw: Gateway) -> None:
+    """speak (Authorization: Bearer)."""
+    client = await rec.connect(gw, f"{SPEAK}?model=aura-2-thalia-en&encoding=linear16&sample_rate=24000",
+                               headers=[("Authorization", f"Bearer {TOKEN_A}")])
+    assert client.status == 101
+    await messages_until(client, of_type("Metadata"))
+    await client.send_text({"type": "Speak", "text": "Secrets stay home."})
+    await client.send_text({"type": "Flush"})
+    seen = await messages_until(client, of_type("Flushed"))
+    assert any(op == OP_BIN for op, _ in seen)
+    await client.send_text({"type": "Close"})
+    code, _ = await client.expect_close()
+    assert code == 1000
+
+
 async def test_full_sessions_on_every_path_leak_no_secret(rec, sims):
     assert all(no_window_is_hex(s) for s in STATIC_SECRETS)
     openai_sim, deepgram_sim = sims
@@ -208,65 +279,11 @@ async def test_full_sessions_on_every_path_leak_no_secret(rec, sims):
     assert status == 200
     [signed] = rec.minted
     with trio.fail_after(WAIT):
-        # /openai translator: a text turn (token in the query)
-        client = await rec.connect(gw, f"/openai?token={TOKEN_A}")
-        assert client.status == 101
-        await messages_until(client, of_type("Welcome"))
-        await client.send_text({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
-        await messages_until(client, of_type("SettingsApplied"))
-        await client.send_text({"type": "InjectUserMessage", "content": "hello secrets"})
-        texts = []
-        await messages_until(client, lambda op, p: of_type("ConversationText")(op, p)
-                             and texts.append(orjson.loads(p)) is None and len(texts) == 2)
-        assert texts[1]["content"] == "You said: hello secrets"
-        assert await client.finish(1000) == 1000
-
-        # /openai/v1/realtime: raw relay (token as Authorization: Bearer)
-        client = await rec.connect(gw, f"{REALTIME}?model=gpt-realtime",
-                                   headers=[("Authorization", f"Bearer {TOKEN_B}")])
-        assert client.status == 101
-        await messages_until(client, of_type("session.created"))
-        await client.send_text({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}})
-        await messages_until(client, of_type("session.updated"))
-        await client.send_text({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi relay"}]}})
-        await client.send_text({"type": "response.create"})
-        [(_, done)] = (await messages_until(client, of_type("response.done")))[-1:]
-        assert orjson.loads(done)["response"]["status"] == "completed"
-        assert await client.finish(1000) == 1000
-
-        # /deepgram-proxy agent (a minted token as subprotocol access_token.<t>)
-        client = await rec.connect(gw, "/deepgram-proxy", subprotocols=[f"access_token.{signed}"])
-        assert client.status == 101
-        await client.send_text(SETTINGS)
-        await client.send_text({"type": "InjectUserMessage", "content": "hello agent"})
-        await messages_until(client, of_type("AgentAudioDone"))
-        assert await client.finish(1000) == 1000
-
-        # listen (static token in the query)
-        client = await rec.connect(gw, f"{LISTEN}?token={TOKEN_A}&model=nova-3&encoding=linear16&sample_rate=16000")
-        assert client.status == 101
-        audio = tone_pcm16(600, rate=16000) + silence_pcm16(200, rate=16000)
-        for i in range(0, len(audio), 3200):
-            await client.send_binary(audio[i : i + 3200])
-        await messages_until(client, of_type("Results"))
-        await client.send_text({"type": "CloseStream"})
-        await messages_until(client, of_type("Metadata"))
-        code, _ = await client.expect_close()
-        assert code == 1000
-
-        # speak (Authorization: Bearer)
-        client = await rec.connect(gw, f"{SPEAK}?model=aura-2-thalia-en&encoding=linear16&sample_rate=24000",
-                                   headers=[("Authorization", f"Bearer {TOKEN_A}")])
-        assert client.status == 101
-        await messages_until(client, of_type("Metadata"))
-        await client.send_text({"type": "Speak", "text": "Secrets stay home."})
-        await client.send_text({"type": "Flush"})
-        seen = await messages_until(client, of_type("Flushed"))
-        assert any(op == OP_BIN for op, _ in seen)
-        await client.send_text({"type": "Close"})
-        code, _ = await client.expect_close()
-        assert code == 1000
+        await translator_turn(rec, gw)
+        await relay_turn(rec, gw)
+        await agent_turn(rec, gw, signed)
+        await listen_turn(rec, gw)
+        await speak_turn(rec, gw)
 
     records = upstream_records(openai_sim, deepgram_sim)
     assert len(records) == 5
@@ -278,71 +295,84 @@ async def test_full_sessions_on_every_path_leak_no_secret(rec, sims):
     assert not rec.leaks(), rec.leaks()
 
 
+async def admission_refusals(rec, gw: Gateway) -> None:
+    """Admission: a wrong or missing client token, every way it can be offered."""
+    for path, kw in (
+        (f"/openai?token={BAD_TOKEN}", {}),
+        (REALTIME, {"headers": [("Authorization", f"Bearer {BAD_TOKEN}")]}),
+        ("/deepgram-proxy", {"subprotocols": [f"access_token.{BAD_TOKEN}"]}),
+        (f"{LISTEN}?token={quote(TOKEN_A[:-1])}", {}),
+        (SPEAK, {}),
+    ):
+        client = await rec.connect(gw, path, **kw)
+        assert client.status == 401, (path, client.head)
+        body = orjson.loads(await client.body())
+        assert body["error"] in ("token_invalid", "token_missing")
+    status, body = await rec.mint(gw, BAD_TOKEN)
+    assert status == 401 and orjson.loads(body)["error"] == "unauthorized"
+
+
+async def upstream_error_quoting_the_key(rec, gw: Gateway, openai_sim) -> None:
+    """An upstream error that quotes the key (OpenAI's invalid_api_key message quotes part
+    of it): the translator masks key-shaped text before it reaches the client."""
+    client = await rec.connect(gw, f"/openai?token={TOKEN_B}")
+    await messages_until(client, of_type("Welcome"))
+    await client.send_text(BRIEF_SETTINGS)
+    await messages_until(client, of_type("SettingsApplied"))
+    openai_sim.push(openai_sim.connections[-1], {"type": "error", "error": {
+        "type": "invalid_request_error", "code": "invalid_api_key",
+        "message": f"Incorrect API key provided: {OPENAI_SECRET}."}})
+    [(_, error)] = (await messages_until(client, of_type("Error")))[-1:]
+    assert orjson.loads(error)["code"] == "invalid_api_key"
+    assert await client.finish(1000) == 1000
+
+
+async def provider_refusals(rec, gw: Gateway, refused: Gateway) -> None:
+    """The provider refuses (401): the gateway's key never shows, not even in part."""
+    for path, expected in ((f"{AGENT}?token={TOKEN_A}&sim_fault=refuse:401", ("upstream_auth_failed", 1008)),
+                           (f"{REALTIME}?token={TOKEN_A}&sim_fault=refuse:401", ("upstream_auth_failed", 1008))):
+        client = await rec.connect(gw, path)
+        assert client.status == 101
+        await expect_error_then_close(client, *expected)
+    for path in (f"{LISTEN}?token={TOKEN_B}&sim_fault=refuse:401", f"{SPEAK}?token={TOKEN_B}&sim_fault=refuse:401"):
+        client = await rec.connect(gw, path)
+        assert (await client.expect_close())[0] == 1008
+    for path in (f"/openai?token={TOKEN_A}", f"/deepgram-proxy?token={TOKEN_A}", f"{REALTIME}?token={TOKEN_A}"):
+        client = await rec.connect(refused, path)  # upstreams that expect another key
+        assert client.status == 101
+        if path.startswith("/openai?"):
+            await messages_until(client, of_type("Welcome"))
+        await expect_error_then_close(client, "upstream_auth_failed", 1008)
+
+
+async def oversized_messages(rec, gw: Gateway) -> None:
+    """Oversized messages: an Error (translator, agent, realtime) and 1009."""
+    for path, error in ((f"/openai?token={TOKEN_A}", True), (f"/deepgram-proxy?token={TOKEN_B}", True),
+                        (f"{REALTIME}?token={TOKEN_A}", True), (f"{LISTEN}?token={TOKEN_B}", False)):
+        client = await rec.connect(gw, path)
+        assert client.status == 101
+        await client.send_binary(b"\x00" * (LIMIT + 1))
+        before = []
+        while True:
+            op, payload = await client.recv()
+            if op == OP_CLOSE:
+                assert payload[:2] == (1009).to_bytes(2, "big"), (path, payload)
+                break
+            before.append(payload)
+        codes = {(orjson.loads(p).get("code") or orjson.loads(p).get("error", {}).get("code"))
+                 for p in before if json_type(p) in ("Error", "error")}
+        assert codes == ({"message_too_large"} if error else set()), (path, before)
+
+
 async def test_failure_paths_leak_no_secret(rec, sims, wrong_sims):
     openai_sim, deepgram_sim = sims
     gw = await rec.gateway(openai_sim, deepgram_sim)
     refused = await rec.gateway(*wrong_sims, "--log-format", "json")
     with trio.fail_after(WAIT):
-        # admission: a wrong or missing client token, every way it can be offered
-        for path, kw in (
-            (f"/openai?token={BAD_TOKEN}", {}),
-            (REALTIME, {"headers": [("Authorization", f"Bearer {BAD_TOKEN}")]}),
-            ("/deepgram-proxy", {"subprotocols": [f"access_token.{BAD_TOKEN}"]}),
-            (f"{LISTEN}?token={quote(TOKEN_A[:-1])}", {}),
-            (SPEAK, {}),
-        ):
-            client = await rec.connect(gw, path, **kw)
-            assert client.status == 401, (path, client.head)
-            body = orjson.loads(await client.body())
-            assert body["error"] in ("token_invalid", "token_missing")
-        status, body = await rec.mint(gw, BAD_TOKEN)
-        assert status == 401 and orjson.loads(body)["error"] == "unauthorized"
-
-        # an upstream error that quotes the key (OpenAI's invalid_api_key message quotes part
-        # of it): the translator masks key-shaped text before it reaches the client
-        client = await rec.connect(gw, f"/openai?token={TOKEN_B}")
-        await messages_until(client, of_type("Welcome"))
-        await client.send_text({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
-        await messages_until(client, of_type("SettingsApplied"))
-        openai_sim.push(openai_sim.connections[-1], {"type": "error", "error": {
-            "type": "invalid_request_error", "code": "invalid_api_key",
-            "message": f"Incorrect API key provided: {OPENAI_SECRET}."}})
-        [(_, error)] = (await messages_until(client, of_type("Error")))[-1:]
-        assert orjson.loads(error)["code"] == "invalid_api_key"
-        assert await client.finish(1000) == 1000
-
-        # the provider refuses (401): the gateway's key never shows, not even in part
-        for path, expected in ((f"{AGENT}?token={TOKEN_A}&sim_fault=refuse:401", ("upstream_auth_failed", 1008)),
-                               (f"{REALTIME}?token={TOKEN_A}&sim_fault=refuse:401", ("upstream_auth_failed", 1008))):
-            client = await rec.connect(gw, path)
-            assert client.status == 101
-            await expect_error_then_close(client, *expected)
-        for path in (f"{LISTEN}?token={TOKEN_B}&sim_fault=refuse:401", f"{SPEAK}?token={TOKEN_B}&sim_fault=refuse:401"):
-            client = await rec.connect(gw, path)
-            assert (await client.expect_close())[0] == 1008
-        for path in (f"/openai?token={TOKEN_A}", f"/deepgram-proxy?token={TOKEN_A}", f"{REALTIME}?token={TOKEN_A}"):
-            client = await rec.connect(refused, path)  # upstreams that expect another key
-            assert client.status == 101
-            if path.startswith("/openai?"):
-                await messages_until(client, of_type("Welcome"))
-            await expect_error_then_close(client, "upstream_auth_failed", 1008)
-
-        # oversized messages: an Error (translator, agent, realtime) and 1009
-        for path, error in ((f"/openai?token={TOKEN_A}", True), (f"/deepgram-proxy?token={TOKEN_B}", True),
-                            (f"{REALTIME}?token={TOKEN_A}", True), (f"{LISTEN}?token={TOKEN_B}", False)):
-            client = await rec.connect(gw, path)
-            assert client.status == 101
-            await client.send_binary(b"\x00" * (LIMIT + 1))
-            before = []
-            while True:
-                op, payload = await client.recv()
-                if op == OP_CLOSE:
-                    assert payload[:2] == (1009).to_bytes(2, "big"), (path, payload)
-                    break
-                before.append(payload)
-            codes = {(orjson.loads(p).get("code") or orjson.loads(p).get("error", {}).get("code"))
-                     for p in before if json_type(p) in ("Error", "error")}
-            assert codes == ({"message_too_large"} if error else set()), (path, before)
+        await admission_refusals(rec, gw)
+        await upstream_error_quoting_the_key(rec, gw, openai_sim)
+        await provider_refusals(rec, gw, refused)
+        await oversized_messages(rec, gw)
 
     assert_no_client_credentials_upstream(upstream_records(openai_sim, deepgram_sim, *wrong_sims))
     for record in upstream_records(*wrong_sims):

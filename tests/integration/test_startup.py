@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import DEEPGRAM_KEY, OPENAI_KEY
 from tests.support.gateway import base_env, run_cli
+from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
 from tests.support.rawws import RawClient
 
 

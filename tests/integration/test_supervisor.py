@@ -12,25 +12,9 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.conftest import DEEPGRAM_KEY, OPENAI_KEY
-from tests.support.gateway import base_env, pid_alive
+from tests.support.gateway import base_env, echo_env, pid_alive
+from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
 from tests.support.rawws import RawClient
-from tests.support.upstream import EchoUpstream
-
-
-@pytest.fixture
-async def echo(nursery):
-    up = EchoUpstream()
-    up.port = await nursery.start(up.serve)
-    return up
-
-
-def echo_env(echo: EchoUpstream, **extra) -> dict[str, str]:
-    url = f"ws://127.0.0.1:{echo.port}"
-    return base_env(
-        OPENAI_API_KEY=OPENAI_KEY, DEEPGRAM_API_KEY=DEEPGRAM_KEY, OPENAI_REALTIME_URL=url + "/v1/realtime",
-        DEEPGRAM_AGENT_URL=url, DEEPGRAM_API_URL=url, **extra,
-    )
 
 
 async def raw_http(port: int, data: bytes, *, close_after: bool = False) -> bytes:

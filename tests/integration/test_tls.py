@@ -11,19 +11,10 @@ import trio
 import trio_websocket as tws
 import trustme
 
-from tests.integration.test_supervisor import echo_env
-from tests.support.gateway import run_cli
+from tests.support.gateway import echo_env, run_cli
 from tests.support.rawws import RawClient, frame, upgrade_request
-from tests.support.upstream import EchoUpstream
 
 OP_BINARY = 0x2
-
-
-@pytest.fixture
-async def echo(nursery):
-    up = EchoUpstream()
-    up.port = await nursery.start(up.serve)
-    return up
 
 
 @pytest.fixture

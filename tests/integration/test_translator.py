@@ -19,7 +19,6 @@ import re
 import signal
 import socket
 import uuid
-from typing import Any
 
 import numpy as np
 import orjson
@@ -27,23 +26,22 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.conftest import OPENAI_KEY
+from tests.support.agent_client import WAIT, Client
 from tests.support.gateway import Gateway, base_env, start_gateway
+from tests.support.keys import OPENAI_KEY
 from tests.support.portfwd import Forwarder
 from tests.support.scripted_openai import FakeConn, Script, ScriptedOpenAI
+from tests.support.settings import (
+    BRIEF_SETTINGS,
+    CONTEXT,
+    MANUAL_SETTINGS,
+    MINIMAL_DEEPGRAM_SETTINGS,
+    PROMPT,
+    SETTINGS,
+    settings_message,
+)
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 
-WAIT = 5.0
-SETTINGS = {"type": "Settings", "agent": {"think": {"prompt": "Help."}}}
-MANUAL = {"type": "Settings", "agent": {"think": {"prompt": "Help."}, "useOpenAIManualAudioCommit": True}}
-MINIMAL_DEEPGRAM = {
-    "type": "Settings",
-    "audio": {
-        "input": {"encoding": "linear16", "sample_rate": 24000},
-        "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
-    },
-    "agent": {"think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}}},
-}
 CLIENT_TYPES = {
     "Welcome", "SettingsApplied", "PromptUpdated", "InjectionRefused", "ConversationText",
     "AgentStartedSpeaking", "AgentThinking", "AgentDone", "AgentAudioDone", "FunctionCallRequest",
@@ -65,14 +63,6 @@ def check_gateway_output(gw: Gateway) -> None:
     assert OPENAI_KEY[3:15] not in out, "a piece of the API key reached the gateway's output"
     assert "Traceback" not in out, out[-4000:]
     assert "translator internal error" not in out, out[-4000:]
-
-
-@pytest.fixture(scope="module")
-def fwd():
-    forwarder = Forwarder()
-    forwarder.start()
-    yield forwarder
-    forwarder.stop()
 
 
 @pytest.fixture(scope="module")
@@ -107,73 +97,6 @@ async def sim(openai_sim, fwd):
 
 
 # --- the client ------------------------------------------------------------------------------
-
-
-class Client:
-    """A Deepgram Voice Agent protocol client that keeps every frame it received
-    (text as parsed JSON, binary as bytes) and how the gateway closed."""
-
-    def __init__(self, ws: tws.WebSocketConnection) -> None:
-        self.ws = ws
-        self.frames: list[Any] = []
-        self.times: list[float] = []
-        self.close: tws.CloseReason | None = None
-        self.closed = trio.Event()
-        self._changed = trio.Event()
-
-    async def reader(self) -> None:
-        try:
-            while True:
-                message = await self.ws.get_message()
-                self.frames.append(orjson.loads(message) if isinstance(message, str) else message)
-                self.times.append(trio.current_time())
-                self._bump()
-        except tws.ConnectionClosed as exc:
-            self.close = exc.reason
-        finally:
-            self.closed.set()
-            self._bump()
-
-    def _bump(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def send(self, message: dict[str, Any] | str | bytes) -> None:
-        await self.ws.send_message(orjson.dumps(message).decode() if isinstance(message, dict) else message)
-
-    async def wait_for(self, predicate, timeout: float = WAIT) -> None:
-        with trio.fail_after(timeout):
-            while not predicate():
-                if self.closed.is_set() and not predicate():
-                    raise AssertionError(f"closed ({self.close}) before the condition; got {self.types()}")
-                await self._changed.wait()
-
-    def types(self) -> list[str]:
-        return [f["type"] if isinstance(f, dict) else f"<{len(f)} B>" for f in self.frames]
-
-    def of(self, mtype: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if isinstance(f, dict) and f.get("type") == mtype]
-
-    def count(self, mtype: str) -> int:
-        return len(self.of(mtype))
-
-    def index(self, predicate) -> int:
-        return next(i for i, f in enumerate(self.frames) if predicate(f))
-
-    async def wait_type(self, mtype: str, n: int = 1, timeout: float = WAIT) -> dict[str, Any]:
-        await self.wait_for(lambda: self.count(mtype) >= n, timeout)
-        return self.of(mtype)[n - 1]
-
-    async def wait_closed(self, timeout: float = WAIT) -> tws.CloseReason:
-        with trio.fail_after(timeout):
-            await self.closed.wait()
-        assert self.close is not None
-        return self.close
-
-    def after_welcome(self) -> list[str]:
-        types = self.types()
-        assert types[0] == "Welcome", types
-        return types[1:]
 
 
 @pytest.fixture
@@ -260,7 +183,7 @@ async def test_a3_duplicate_settings_answered_after_the_real_one(gw, fake, conne
 
 
 async def test_a4_greeting_is_text_only(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, {"type": "Settings", "agent": {"greeting": "Hi"}})
+    client, conn = await ready(gw, fake, connect, settings_message({"greeting": "Hi"}))
     await client.wait_type("AgentAudioDone")
     await client_marker(conn, client)
     assert client.frames[1:5] == [
@@ -273,8 +196,7 @@ async def test_a4_greeting_is_text_only(gw, fake, connect):
 
 
 async def test_a5_context_suppresses_the_greeting(gw, fake, connect):
-    settings = {"type": "Settings", "agent": {"greeting": "Hi", "think": {"prompt": "Help."}, "context": {
-        "messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there!"}]}}}
+    settings = settings_message({"greeting": "Hi", "think": {"prompt": PROMPT}, "context": CONTEXT})
     client, conn = await ready(gw, fake, connect, settings)
     await upstream_marker(conn, client)
     assert client.after_welcome() == ["SettingsApplied", "UtteranceEnd"]
@@ -411,7 +333,7 @@ async def test_m1_audio_before_ready_is_held_then_resampled(gw, fake, connect):
 
 
 async def test_m2_manual_commit_after_the_debounce(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, MANUAL)
+    client, conn = await ready(gw, fake, connect, MANUAL_SETTINGS)
     await client.send(bytes(40000))
     await conn.wait_for(lambda c: c.count("response.create") == 1)
     types = conn.types()
@@ -422,7 +344,7 @@ async def test_m2_manual_commit_after_the_debounce(gw, fake, connect):
 
 
 async def test_m3_manual_mode_no_commit_below_the_threshold(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, MANUAL)
+    client, conn = await ready(gw, fake, connect, MANUAL_SETTINGS)
     await client.send(bytes(500))
     await conn.wait_for(lambda c: c.count("input_audio_buffer.append") == 1)
     await trio.sleep(0.6)  # past the 400 ms debounce: the timer fired and found too little audio
@@ -442,7 +364,7 @@ async def test_m4_server_vad_mode_only_appends(gw, fake, connect):
 
 
 async def test_m5_manual_mode_continuous_audio_still_commits(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, MANUAL)
+    client, conn = await ready(gw, fake, connect, MANUAL_SETTINGS)
     started = trio.current_time()
     with trio.move_on_after(2.5):
         while conn.count("input_audio_buffer.commit") == 0:
@@ -612,7 +534,7 @@ async def test_v1_welcome_before_the_upstream_answers(gw, fake, connect):
 
 
 async def test_v2_minimal_deepgram_settings(gw, fake, connect):
-    client, conn = await ready(gw, fake, connect, MINIMAL_DEEPGRAM)
+    client, conn = await ready(gw, fake, connect, MINIMAL_DEEPGRAM_SETTINGS)
     session = conn.events("session.update")[0]["session"]
     assert session["model"] == "gpt-realtime" and session["instructions"] == ""
     await client.send(bytes(range(240)) * 4)
@@ -642,7 +564,7 @@ async def test_v4_bad_frames_are_dropped_and_the_session_goes_on(gw, fake, conne
 
 async def test_v5_unsupported_input_rate(gw, fake, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "audio": {"input": {"encoding": "linear16", "sample_rate": 11025}}})
+    await client.send(settings_message(audio={"input": {"encoding": "linear16", "sample_rate": 11025}}))
     conn = await fake.next_conn()
     error = await client.wait_type("Error")
     assert error["code"] == "unsupported_audio_format"
@@ -1003,7 +925,7 @@ async def test_audio_flood_before_ready_is_bounded_and_kept(gw, fake, connect):
 
 async def test_sim_text_turn(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.send(BRIEF_SETTINGS)
     await client.wait_type("SettingsApplied")
     await client.send({"type": "InjectUserMessage", "content": "hello there"})
     await client.wait_for(lambda: client.count("ConversationText") == 2)
@@ -1020,7 +942,7 @@ async def test_sim_text_turn(gw, sim, connect):
 
 async def test_sim_voice_turn_with_server_vad(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.send(BRIEF_SETTINGS)
     await client.wait_type("SettingsApplied")
     tone = tone_pcm16(600, rate=16000)
     quiet = silence_pcm16(500, rate=16000)
@@ -1043,7 +965,7 @@ async def test_sim_voice_turn_with_server_vad(gw, sim, connect):
 async def test_sim_function_call_round_trip(gw, sim, connect):
     client = await connect(gw)
     functions = [{"name": "get_time", "description": "Current time", "parameters": {"type": "object", "properties": {}}}]
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "", "functions": functions}}})
+    await client.send(settings_message({"think": {"prompt": "", "functions": functions}}))
     await client.wait_type("SettingsApplied")
     await client.send({"type": "InjectUserMessage", "content": "please get time"})
     request = await client.wait_type("FunctionCallRequest")
@@ -1062,7 +984,7 @@ async def test_sim_function_call_round_trip(gw, sim, connect):
 
 async def test_sim_greeting(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"greeting": "Welcome aboard!"}})
+    await client.send(settings_message({"greeting": "Welcome aboard!"}))
     await client.wait_type("AgentAudioDone")
     assert client.after_welcome() == ["SettingsApplied", "ConversationText", "AgentDone", "AgentAudioDone"]
     assert client.frames[2]["content"] == "Welcome aboard!"
@@ -1086,7 +1008,7 @@ async def paced_sim(nursery, fwd):
 
 async def test_sim_update_think_and_listen(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.send(BRIEF_SETTINGS)
     await client.wait_type("SettingsApplied")
     functions = [{"name": "get_time", "description": "Time", "parameters": {"type": "object"}}]
     await client.send({"type": "UpdateThink", "think": {"provider": {"type": "open_ai", "model": "gpt-realtime"},
@@ -1107,7 +1029,7 @@ async def test_sim_inject_agent_message_interrupt(gw, paced_sim, connect):
     """On the SDK path: the live reply is cancelled and cut at the audio the client received;
     nothing of it plays after the interrupt; the agent's message is the turn's text."""
     client = await connect(gw, "/openai/v1/agent/converse")
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}})
+    await client.send(BRIEF_SETTINGS)
     await client.wait_type("SettingsApplied")
     await client.send({"type": "InjectUserMessage", "content": "tell me a story"})
     await client.wait_for(lambda: any(isinstance(f, bytes) for f in client.frames))
@@ -1131,7 +1053,7 @@ async def test_sim_inject_agent_message_interrupt(gw, paced_sim, connect):
 
 async def test_sim_upstream_error(gw, sim, connect):
     client = await connect(gw)
-    await client.send({"type": "Settings", "agent": {"think": {"prompt": "", "toolChoice": "sometimes"}}})
+    await client.send(settings_message({"think": {"prompt": "", "toolChoice": "sometimes"}}))
     error = await client.wait_type("Error")
     assert error["code"] == "invalid_value" and "'sometimes'" in error["description"]
     assert client.count("SettingsApplied") == 0
@@ -1149,7 +1071,7 @@ async def test_sim_upstream_error(gw, sim, connect):
 async def test_sim_audio_formats(gw, sim, connect, audio, formats, sent, appended, reply_bytes):
     """D4/D5: G.711 travels natively both ways; other linear16 rates are resampled."""
     client = await connect(gw)
-    await client.send({"type": "Settings", "audio": audio, "agent": {"think": {"prompt": ""}}})
+    await client.send(settings_message({"think": {"prompt": ""}}, audio))
     await client.wait_type("SettingsApplied")
     await client.send(sent)
     await client.send({"type": "InjectUserMessage", "content": "hi"})

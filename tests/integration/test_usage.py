@@ -13,21 +13,17 @@ import pytest
 import trio
 import trio_websocket as tws
 
-from tests.clients.test_openai_sdk import sdk_session
-from tests.conftest import gateway_env
-from tests.integration.test_control import ADMIN, wait_sessions
-from tests.integration.test_translator import Client
+from tests.support.admin import ADMIN, wait_sessions
+from tests.support.agent_client import Client
+from tests.support.gateway import gateway_env
+from tests.support.openai_sdk import sdk_session
+from tests.support.settings import agent_settings, linear16_audio
 from voxgate.simulate.common import silence_pcm16
 
 FRAME = 3200  # 0.1 s of linear16 at 16 kHz
-AGENT_SETTINGS = {
-    "type": "Settings",
-    "audio": {
-        "input": {"encoding": "linear16", "sample_rate": 16000},
-        "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
-    },
-    "agent": {"think": {"provider": {"type": "open_ai", "model": "gpt-realtime"}, "prompt": "Be brief."}},
-}
+AGENT_SETTINGS = agent_settings(
+    audio=linear16_audio(), think={"provider": {"type": "open_ai", "model": "gpt-realtime"}, "prompt": "Be brief."}
+)
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import pytest
 import trio
 import trustme
 
-from tests.conftest import OPENAI_KEY, gateway_env
 from tests.support.deepgram_helpers import key_leaks
+from tests.support.gateway import gateway_env
+from tests.support.keys import OPENAI_KEY
 from tests.support.webrtc import OFFER
 from voxgate.workers.openai.calls import build_form, sdp_problem
 

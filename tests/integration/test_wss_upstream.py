@@ -11,8 +11,9 @@ import trio
 import trio_websocket as tws
 import trustme
 
-from tests.conftest import OPENAI_KEY
 from tests.support.gateway import base_env
+from tests.support.keys import OPENAI_KEY
+from tests.support.settings import BRIEF_SETTINGS, session_update
 
 
 async def tls_terminator(ca: trustme.CA, target_port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -54,7 +55,7 @@ async def test_translator_over_a_wss_upstream(gateway_factory, nursery, openai_s
     with trio.fail_after(15):
         async with tws.open_websocket_url(gw.url("/openai")) as ws:
             assert json.loads(await ws.get_message())["type"] == "Welcome"
-            await ws.send_message(json.dumps({"type": "Settings", "agent": {"think": {"prompt": "Be brief."}}}))
+            await ws.send_message(json.dumps(BRIEF_SETTINGS))
             got: list = []
             while not any(isinstance(m, dict) and m.get("type") == "SettingsApplied" for m in got):
                 message = await ws.get_message()
@@ -79,6 +80,6 @@ async def test_raw_relay_over_a_wss_upstream(gateway_factory, nursery, openai_si
         async with tws.open_websocket_url(gw.url("/openai/v1/realtime?model=gpt-realtime")) as ws:
             created = json.loads(await ws.get_message())
             assert created["type"] == "session.created"
-            await ws.send_message(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+            await ws.send_message(json.dumps(session_update()))
             assert json.loads(await ws.get_message())["type"] == "session.updated"
     assert len(openai_sim.connections) == 1

@@ -13,22 +13,20 @@ import struct
 import pytest
 import trio
 
-from tests.stress.test_hostile import (
+from tests.support.deepgram_helpers import RawUpstream
+from tests.support.gateway import kill_if_alive, upstream_env
+from tests.support.probes import (
     LIMIT,
     LISTEN,
     echo_round_trip,
     echo_url,
-    env_for,
-    expect_close,
     fd_count,
     http_get,
     ready,
     rss_mb,
     worker_pid,
 )
-from tests.support.deepgram_helpers import RawUpstream
-from tests.support.gateway import kill_if_alive
-from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT, RawClient
+from tests.support.rawws import OP_BIN, OP_CLOSE, OP_TEXT, RawClient, expect_close
 
 
 async def ready_ids(gw, provider: str) -> set[int]:
@@ -36,7 +34,7 @@ async def ready_ids(gw, provider: str) -> set[int]:
 
 
 async def test_crash_looping_provider_leaves_the_other_in_service(gateway_factory, echo):
-    gw = await gateway_factory("--worker-wait", "0.2", env=env_for(echo_url(echo), echo_url(echo)))
+    gw = await gateway_factory("--worker-wait", "0.2", env=upstream_env(echo_url(echo), echo_url(echo)))
     deepgram_pid = await worker_pid(gw, "deepgram")
     client = await RawClient.connect(gw.port, LISTEN)
     assert client.status == 101
@@ -75,7 +73,7 @@ async def test_crash_looping_provider_leaves_the_other_in_service(gateway_factor
 
 
 async def test_readyz_is_503_when_no_provider_can_serve(gateway_factory, echo):
-    gw = await gateway_factory("--worker-wait", "0.2", env=env_for(echo_url(echo), echo_url(echo)))
+    gw = await gateway_factory("--worker-wait", "0.2", env=upstream_env(echo_url(echo), echo_url(echo)))
     killed: set[int] = set()
     with trio.fail_after(30):
         while True:
@@ -96,7 +94,7 @@ async def test_a_socket_handed_to_a_dying_worker_is_answered(gateway_factory, ec
     channel), then it is killed: the supervisor still holds the socket and hands it to the
     restarted worker; before, the client saw its connection closed without a response."""
     gw = await gateway_factory(
-        "--log-level", "debug", "--worker-wait", "10", env=env_for(echo_url(echo), echo_url(echo))
+        "--log-level", "debug", "--worker-wait", "10", env=upstream_env(echo_url(echo), echo_url(echo))
     )
     pid = await worker_pid(gw, "deepgram")
     os.kill(pid, signal.SIGSTOP)
@@ -179,7 +177,7 @@ async def neighbour_round_trips(gw, count: int) -> None:
 @pytest.mark.parametrize("path", ["/openai", "/openai/v1/realtime?model=gpt-realtime"], ids=["translator", "splice"])
 async def test_a_50_mib_message_is_refused_from_its_header(gateway_factory, openai_sim, fragmented, path):
     url = f"ws://127.0.0.1:{openai_sim.port}/v1/realtime"
-    gw = await gateway_factory("--max-message-bytes", str(LIMIT), env=env_for(url, url))
+    gw = await gateway_factory("--max-message-bytes", str(LIMIT), env=upstream_env(url, url))
     pid = await worker_pid(gw, "openai")
     client = await RawClient.connect(gw.port, path)
     with trio.fail_after(5):
@@ -209,7 +207,7 @@ async def test_a_50_mib_message_is_refused_from_its_header(gateway_factory, open
 
 
 async def test_a_thousand_idle_connections_get_408_and_every_fd_comes_back(gateway_factory, echo):
-    gw = await gateway_factory("--head-timeout", "1", env=env_for(echo_url(echo), echo_url(echo)))
+    gw = await gateway_factory("--head-timeout", "1", env=upstream_env(echo_url(echo), echo_url(echo)))
     fds = fd_count(gw.pid)
     answers: list[bytes] = []
 
@@ -244,7 +242,7 @@ async def test_a_client_that_never_reads_keeps_worker_memory_bounded(gateway_fac
     stops reading the upstream (backpressure) instead of buffering it."""
     up = RawUpstream()
     port = await nursery.start(up.serve)
-    gw = await gateway_factory(env=env_for(f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"))
+    gw = await gateway_factory(env=upstream_env(f"ws://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"))
     pid = await worker_pid(gw, "deepgram")
     client = await RawClient.connect(gw.port, "/deepgram-proxy/v1/speak")
     assert client.status == 101

@@ -12,7 +12,6 @@ upstream sockets come back to where they were.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import struct
@@ -24,9 +23,19 @@ import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import DEEPGRAM_KEY, OPENAI_KEY
-from tests.stress import autobahn
-from tests.support.gateway import Gateway, base_env, start_gateway
+from tests.support import autobahn
+from tests.support.gateway import Gateway, start_gateway, upstream_env
+from tests.support.probes import (
+    LIMIT,
+    LISTEN,
+    echo_round_trip,
+    echo_url,
+    fd_count,
+    http_get,
+    ready,
+    rss_mb,
+    worker_pid,
+)
 from tests.support.rawws import (
     OP_BIN,
     OP_CLOSE,
@@ -36,13 +45,13 @@ from tests.support.rawws import (
     RawClient,
     close_code,
     close_payload,
+    expect_close,
     frame,
     upgrade_request,
 )
+from tests.support.settings import agent_settings
 from tests.support.slow_upstream import SlowUpstream
 
-LISTEN = "/deepgram-proxy/v1/listen"
-LIMIT = 65536  # --max-message-bytes for the frame tests
 STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r\n]*\r\n")
 ALLOWED_STATUSES = {101, 200, 204, 400, 403, 404, 408, 413, 426, 431, 503}
 SUMMARY = Path(__file__).with_name("autobahn-summary.md")
@@ -51,57 +60,11 @@ SUMMARY = Path(__file__).with_name("autobahn-summary.md")
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def refused_port() -> int:
     """A loopback port nothing listens on (connects are refused at once)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def env_for(deepgram_url: str, openai_url: str, **extra: str) -> dict[str, str]:
-    return base_env(
-        DEEPGRAM_API_KEY=DEEPGRAM_KEY, DEEPGRAM_AGENT_URL=deepgram_url, DEEPGRAM_API_URL=deepgram_url,
-        OPENAI_API_KEY=OPENAI_KEY, OPENAI_REALTIME_URL=openai_url, **extra,
-    )
-
-
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    """(status, body) of a plain GET, without blocking the test's trio loop."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    data = bytearray()
-    with trio.fail_after(5):
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    await stream.aclose()
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
-async def ready(gw: Gateway) -> dict:
-    status, body = await http_get(gw.port, "/readyz")
-    data = json.loads(body)
-    data["_status"] = status
-    return data
-
-
-async def worker_pid(gw: Gateway, provider: str) -> int:
-    [worker] = (await ready(gw))["services"][provider]["workers"]
-    assert worker["state"] == "ready"
-    gw.worker_pids.add(worker["pid"])
-    return worker["pid"]
 
 
 async def sessions(gw: Gateway) -> int:
@@ -118,19 +81,6 @@ async def wait_sessions_zero(gw: Gateway, timeout: float = 10.0) -> None:
     closed = set(re.findall(r"session closed sid=(\w+)", gw.output))
     raise AssertionError(f"sessions still open after {timeout}s: {await ready(gw)}; "
                          f"accepted but not closed: {[s for s in opened if s not in closed]}")
-
-
-async def echo_round_trip(gw: Gateway, path: str = LISTEN, n: int = 3) -> None:
-    """A fresh passthrough session echoes `n` text messages, then closes 1000."""
-    client = await RawClient.connect(gw.port, path)
-    assert client.status == 101
-    with trio.fail_after(5):
-        for i in range(n):
-            await client.send_frame(OP_TEXT, f"ping {i}".encode())
-            assert await client.recv_message() == (OP_TEXT, f"ping {i}".encode())
-        op, payload = await client.close(1000)
-        assert (op, close_code(payload)) == (OP_CLOSE, 1000)
-    await client.aclose()
 
 
 async def translator_welcome(gw: Gateway) -> RawClient:
@@ -162,10 +112,6 @@ async def stream_session(port: int, count: int, interval: float, got: list[bytes
             await trio.sleep(interval)
     await client.close(1000)
     await client.aclose()
-
-
-def echo_url(up: SlowUpstream) -> str:
-    return f"ws://127.0.0.1:{up.port}"
 
 
 # --- request heads ---------------------------------------------------------------------------
@@ -269,7 +215,7 @@ def probe(port: int, raw: bytes, split: int | None, keep_open: bool, bound: floa
 def refusing_gateway():
     """One gateway for a whole property; both providers on, upstreams refuse at once."""
     url = f"ws://127.0.0.1:{refused_port()}"
-    gw = start_gateway("--head-timeout", "0.5", env=env_for(url, url + "/v1/realtime"))
+    gw = start_gateway("--head-timeout", "0.5", env=upstream_env(url, url + "/v1/realtime"))
     yield gw
     gw.stop()
 
@@ -309,7 +255,7 @@ def test_fuzzed_request_heads_always_get_a_status_line_or_a_close(refusing_gatew
 
 
 async def test_slowloris_gets_408_while_a_real_session_works(gateway_factory, echo):
-    gw = await gateway_factory("--head-timeout", "1", env=env_for(echo_url(echo), echo_url(echo)))
+    gw = await gateway_factory("--head-timeout", "1", env=upstream_env(echo_url(echo), echo_url(echo)))
     supervisor_fds = fd_count(gw.pid)
     results: list[tuple[bytes, float]] = []
     head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"s" * 400
@@ -355,7 +301,7 @@ async def test_slowloris_gets_408_while_a_real_session_works(gateway_factory, ec
 
 
 async def test_half_open_and_garbage_connections_do_not_disturb_a_streaming_session(gateway_factory, echo):
-    gw = await gateway_factory("--head-timeout", "2", env=env_for(echo_url(echo), echo_url(echo)))
+    gw = await gateway_factory("--head-timeout", "2", env=upstream_env(echo_url(echo), echo_url(echo)))
     deepgram = await worker_pid(gw, "deepgram")
     idle: list[trio.SocketStream] = []
     answers: list[bytes] = []
@@ -444,22 +390,8 @@ FRAME_CASES = [
 ]
 
 
-async def expect_close(client: RawClient, expected: int, name: str) -> list[bytes]:
-    """Read until the close frame; its code must be `expected`. Returns the data before it."""
-    before = []
-    with trio.fail_after(5):
-        while True:
-            message = await client.recv_message()
-            assert message is not None, f"{name}: TCP closed without a close frame"
-            op, payload = message
-            if op == OP_CLOSE:
-                assert close_code(payload) == expected, (name, payload)
-                return before
-            before.append(payload)
-
-
 async def test_malformed_frames_on_the_splice(gateway_factory, echo):
-    gw = await gateway_factory("--max-message-bytes", str(LIMIT), env=env_for(echo_url(echo), echo_url(echo)))
+    gw = await gateway_factory("--max-message-bytes", str(LIMIT), env=upstream_env(echo_url(echo), echo_url(echo)))
     pid = await worker_pid(gw, "deepgram")
     for name, frames, splice_code, _ in FRAME_CASES:
         client = await RawClient.connect(gw.port, LISTEN)
@@ -482,7 +414,7 @@ async def test_malformed_frames_on_the_splice(gateway_factory, echo):
 
 async def test_malformed_frames_on_the_translator(gateway_factory, openai_sim):
     url = f"ws://127.0.0.1:{openai_sim.port}/v1/realtime"
-    gw = await gateway_factory("--max-message-bytes", str(LIMIT), env=env_for(url, url))
+    gw = await gateway_factory("--max-message-bytes", str(LIMIT), env=upstream_env(url, url))
     pid = await worker_pid(gw, "openai")
     for name, frames, _, translator_code in FRAME_CASES:
         client = await translator_welcome(gw)
@@ -548,7 +480,7 @@ async def test_flooding_the_splice_keeps_worker_memory_bounded(gateway_factory, 
         # pings whose pongs the client never reads: the answers must not pile up
         ("unread pings", sink, b"".join(frame(OP_PING, b"p" * 125) for _ in range(2000))),
     ):
-        gw = await gateway_factory(env=env_for(echo_url(upstream), echo_url(upstream)))
+        gw = await gateway_factory(env=upstream_env(echo_url(upstream), echo_url(upstream)))
         warm = await RawClient.connect(gw.port, LISTEN)
         await warm.send_frame(OP_BIN, b"\x01" * 65536)
         await warm.close(1000)
@@ -562,8 +494,8 @@ async def test_flooding_the_translator_before_session_updated_keeps_memory_bound
     stall = SlowUpstream("stall", greeting=[created])  # never reads, never sends session.updated
     stall.port = await nursery.start(stall.serve)
     url = f"ws://127.0.0.1:{stall.port}/v1/realtime"
-    gw = await gateway_factory(env=env_for(url, url))
-    settings_msg = json.dumps({"type": "Settings", "agent": {"think": {"prompt": "Hi."}}}).encode()
+    gw = await gateway_factory(env=upstream_env(url, url))
+    settings_message = json.dumps(agent_settings(think={"prompt": "Hi."})).encode()
     warm = await translator_welcome(gw)
     await warm.aclose()
     await wait_sessions_zero(gw)
@@ -573,7 +505,7 @@ async def test_flooding_the_translator_before_session_updated_keeps_memory_bound
         ("unread pings", b"".join(frame(OP_PING, b"p" * 125) for _ in range(2000))),
     ):
         client = await translator_welcome(gw)
-        await client.send_frame(OP_TEXT, settings_msg)
+        await client.send_frame(OP_TEXT, settings_message)
         await flood_and_measure(gw, "openai", client, chunk, stall, report, name)
 
 
@@ -581,7 +513,7 @@ async def test_flooding_the_translator_before_session_updated_keeps_memory_bound
 
 
 async def test_connect_disconnect_storm_leaks_nothing(gateway_factory, echo):
-    gw = await gateway_factory(env=env_for(echo_url(echo), echo_url(echo)))
+    gw = await gateway_factory(env=upstream_env(echo_url(echo), echo_url(echo)))
     pid = await worker_pid(gw, "deepgram")
     await echo_round_trip(gw)
     await wait_sessions_zero(gw)
@@ -664,7 +596,7 @@ async def test_autobahn_fuzzingclient_on_the_splice(gateway_factory, echo, tmp_p
     site, reason = await trio.to_thread.run_sync(autobahn.ensure_installed, python)
     if site is None:
         pytest.skip(reason)
-    gw = await gateway_factory("--max-message-bytes", str(16 << 20), env=env_for(echo_url(echo), echo_url(echo)))
+    gw = await gateway_factory("--max-message-bytes", str(16 << 20), env=upstream_env(echo_url(echo), echo_url(echo)))
     pid = await worker_pid(gw, "deepgram")
     results = await autobahn.run_fuzzingclient(
         python, site, gw.url(LISTEN), tmp_path, cases=AUTOBAHN_CASES, exclude=AUTOBAHN_EXCLUDE, timeout=120,

@@ -15,10 +15,14 @@ import threading
 import time
 import wave
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from tests.support.gateway import Gateway, gateway_env, start_gateway
+from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("VOXGATE_CHROMIUM", "/usr/bin/chromium")
@@ -191,3 +195,55 @@ class Simulators:
     def open_upstreams(self) -> list[Any]:
         """Accepted upstream connections not yet over, on both simulators."""
         return [r for p in ("openai", "deepgram") for r in self.records(p) if not r.closed.is_set()]
+
+
+# ---------------------------------------------------------------------------------------
+# What the fixtures (tests/browser/conftest.py) hand a test
+
+
+@dataclass
+class Stack:
+    """Simulators + a gateway with the page on, started per test with that test's options."""
+
+    tmp: Path
+    sims: Simulators | None = None
+    gateways: list[Gateway] = field(default_factory=list)
+
+    def start(self, *args: str, listen_idle_timeout: float = 10.0, **env: str) -> Gateway:
+        self.sims = Simulators(
+            openai_key=OPENAI_KEY, deepgram_key=DEEPGRAM_KEY, listen_idle_timeout=listen_idle_timeout
+        ).start()
+        gw_env = gateway_env(self.sims.openai, self.sims.deepgram, VOXGATE_GRACE="1", **env)
+        gw = start_gateway("--demo-page", *args, env=gw_env)
+        self.gateways.append(gw)
+        return gw
+
+    @property
+    def gw(self) -> Gateway:
+        return self.gateways[-1]
+
+    def sessions(self) -> int:
+        """Live sessions the gateway counts, over both providers."""
+        return sum(s["sessions"] for s in self.gw.ready()["services"].values())
+
+
+@dataclass
+class Browser:
+    """One Chromium per test (fresh --user-data-dir); `page(url_path)` opens a tab."""
+
+    playwright: Any
+    tmp: Path
+    stack: Stack
+    contexts: list[Any] = field(default_factory=list)
+
+    def open(self, *, speech_ms: int = 800, lead_ms: int = 600) -> Any:
+        wav = write_mic_wav(self.tmp / f"mic-{len(self.contexts)}.wav", lead_ms=lead_ms, speech_ms=speech_ms)
+        context = launch(self.playwright, self.tmp / f"profile-{len(self.contexts)}", wav)
+        self.contexts.append(context)
+        return context
+
+    def page(self, target: str, context: Any = None, **mic: int) -> Any:
+        context = context or self.open(**mic)
+        page = context.pages[0] if context.pages and context.pages[0].url == "about:blank" else context.new_page()
+        page.goto(self.stack.gw.url(target, "http"))
+        return page

@@ -38,20 +38,6 @@ from tests.support.rawws import (
 KEY = "vgK7qXw2mZpR4tLs9NcY3bHd6FjW8eUaQ5oTiV1xEz"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-SETTINGS = {
-    "type": "Settings",
-    "audio": {
-        "input": {"encoding": "linear16", "sample_rate": 16000},
-        "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
-    },
-    "agent": {
-        "language": "en",
-        "listen": {"provider": {"type": "deepgram", "model": "nova-3"}},
-        "think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}, "prompt": "Be brief."},
-        "speak": {"provider": {"type": "deepgram", "model": "aura-2-thalia-en"}},
-    },
-}
-
 
 def key_leaks(secret: str, *haystacks: str | bytes, size: int = 6) -> set[str]:
     """Every `size`-character piece of `secret` found in any haystack."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.deepgram_helpers import SETTINGS
+from tests.support.settings import FULL_SETTINGS
 
 
 def sdk_client(port: int, api_key: str, *, path: str = "") -> Any:
@@ -39,7 +39,7 @@ def agent_exchange(client: Any, content: str) -> list[Any]:
                 audio=AgentV1SettingsAudio(
                     input=AgentV1SettingsAudioInput(encoding="linear16", sample_rate=16000)
                 ),
-                agent=SETTINGS["agent"],
+                agent=FULL_SETTINGS["agent"],
             )
         )
         for _ in range(20):

@@ -17,6 +17,11 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 START_TIMEOUT = 20.0
@@ -33,6 +38,33 @@ def base_env(**extra: str | None) -> dict[str, str]:
             env.pop(key, None)
         else:
             env[key] = value
+    return env
+
+
+def upstream_env(deepgram_url: str, openai_url: str, **extra: str) -> dict[str, str]:
+    """Both providers enabled with the test keys, each pointed at the given upstream URL."""
+    return base_env(
+        DEEPGRAM_API_KEY=DEEPGRAM_KEY, DEEPGRAM_AGENT_URL=deepgram_url, DEEPGRAM_API_URL=deepgram_url,
+        OPENAI_API_KEY=OPENAI_KEY, OPENAI_REALTIME_URL=openai_url, **extra,
+    )
+
+
+def echo_env(echo: Any, **extra: str) -> dict[str, str]:
+    """Both providers pointed at one echo upstream (anything with a `.port`)."""
+    url = f"ws://127.0.0.1:{echo.port}"
+    return upstream_env(url, url + "/v1/realtime", **extra)
+
+
+def gateway_env(openai_sim: Any = None, deepgram_sim: Any = None, **extra: str) -> dict[str, str]:
+    """Environment pointing the gateway at the given simulators (and only their keys)."""
+    env = base_env(**extra)
+    if openai_sim is not None:
+        env["OPENAI_API_KEY"] = OPENAI_KEY
+        env["OPENAI_REALTIME_URL"] = f"ws://127.0.0.1:{openai_sim.port}/v1/realtime"
+    if deepgram_sim is not None:
+        env["DEEPGRAM_API_KEY"] = DEEPGRAM_KEY
+        env["DEEPGRAM_AGENT_URL"] = f"ws://127.0.0.1:{deepgram_sim.port}"
+        env["DEEPGRAM_API_URL"] = f"ws://127.0.0.1:{deepgram_sim.port}"
     return env
 
 
@@ -170,6 +202,16 @@ def start_gateway(*args: str, env: dict[str, str] | None = None, wait_ready: boo
         gw.stop()
         raise
     return gw
+
+
+async def astart_gateway(*args: str, env: dict[str, str] | None = None, **kw: Any) -> Gateway:
+    """Start the gateway without blocking the trio loop (simulators run in it)."""
+    return await trio.to_thread.run_sync(lambda: start_gateway(*args, env=env, **kw))
+
+
+async def astop(gw: Gateway) -> int:
+    """Stop the gateway without blocking the trio loop."""
+    return await trio.to_thread.run_sync(gw.stop)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 20.0) -> subprocess.CompletedProcess:

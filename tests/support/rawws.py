@@ -163,3 +163,31 @@ class RawClient:
 
 def close_code(payload: bytes) -> int | None:
     return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
+
+
+async def read_until_close(client: RawClient, timeout: float = 5.0) -> tuple[list[tuple[int, bytes]], int | None]:
+    """Every data message until the close frame: (messages, close code)."""
+    messages = []
+    with trio.fail_after(timeout):
+        while True:
+            got = await client.recv_message()
+            if got is None:
+                return messages, None
+            op, payload = got
+            if op == OP_CLOSE:
+                return messages, close_code(payload)
+            messages.append((op, payload))
+
+
+async def expect_close(client: RawClient, expected: int, name: str) -> list[bytes]:
+    """Read until the close frame; its code must be `expected`. Returns the data before it."""
+    before = []
+    with trio.fail_after(5):
+        while True:
+            message = await client.recv_message()
+            assert message is not None, f"{name}: TCP closed without a close frame"
+            op, payload = message
+            if op == OP_CLOSE:
+                assert close_code(payload) == expected, (name, payload)
+                return before
+            before.append(payload)

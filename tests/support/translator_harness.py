@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from tests.support.settings import SESSION_UPDATED, SETTINGS
 from voxgate.workers.openai.actions import (
     ArmTimer,
     CancelTimer,
@@ -21,13 +22,6 @@ from voxgate.workers.openai.actions import (
     SendUpstream,
 )
 from voxgate.workers.openai.translator import Translator
-
-SETTINGS: dict[str, Any] = {"type": "Settings", "agent": {"think": {"prompt": "Help."}}}
-MANUAL_SETTINGS: dict[str, Any] = {
-    "type": "Settings",
-    "agent": {"think": {"prompt": "Help."}, "useOpenAIManualAudioCommit": True},
-}
-SESSION_UPDATED: dict[str, Any] = {"type": "session.updated", "session": {"type": "realtime"}}
 
 
 def user_item(item_id: str, text: str = "q", event: str = "conversation.item.added") -> dict:

@@ -3,9 +3,6 @@ official deepgram-sdk, so the gateway's tests can trust what it does on the wire
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,13 +10,25 @@ import orjson
 import pytest
 import trio
 from trio_websocket import (
-    ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,
-    open_websocket_url,
 )
 
 from tests.support import deepgram_sdk
+from tests.support.deepgram_sim_client import (
+    AUTH,
+    KEY,
+    Sim,
+    closed_with,
+    connect,
+    recv,
+    send_audio,
+    send_json,
+    typed,
+    types,
+    until,
+)
+from tests.support.settings import FULL_SETTINGS, full_settings, settings_message
 from voxgate.simulate.common import silence_pcm16, tone_pcm16
 from voxgate.simulate.deepgram import (
     AGENT_AUDIO_MS,
@@ -31,43 +40,12 @@ from voxgate.simulate.deepgram import (
     encode_pcm16,
 )
 
-KEY = "test-deepgram-key-0123456789"
-AUTH = [("Authorization", f"Token {KEY}")]
 UPGRADE = (
     "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     "Authorization: Token {key}\r\n\r\n"
 )
 
-SETTINGS: dict[str, Any] = {
-    "type": "Settings",
-    "audio": {
-        "input": {"encoding": "linear16", "sample_rate": 16000},
-        "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
-    },
-    "agent": {
-        "language": "en",
-        "listen": {"provider": {"type": "deepgram", "model": "nova-3"}},
-        "think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}, "prompt": "Be brief."},
-        "speak": {"provider": {"type": "deepgram", "model": "aura-2-thalia-en"}},
-    },
-}
-
-
-def settings(**agent: Any) -> dict[str, Any]:
-    out = orjson.loads(orjson.dumps(SETTINGS))
-    out["agent"].update(agent)
-    return out
-
-
-@dataclass
-class Sim:
-    sim: DeepgramSimulator
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
 
 @pytest.fixture
@@ -77,57 +55,9 @@ async def sim(nursery: trio.Nursery) -> Sim:
     return Sim(simulator, port)
 
 
-@asynccontextmanager
-async def connect(
-    s: Sim, path: str, query: str = "", *, headers: list[tuple[str, str]] | None = None, **kw: Any
-) -> AsyncIterator[WebSocketConnection]:
-    url = f"{s.url}{path}" + (f"?{query}" if query else "")
-    async with open_websocket_url(
-        url, extra_headers=AUTH if headers is None else headers, connect_timeout=2, **kw
-    ) as ws:
-        yield ws
-
-
-async def recv(ws: WebSocketConnection) -> Any:
-    """Next message: parsed JSON for text frames, raw bytes for binary ones."""
-    msg = await ws.get_message()
-    return orjson.loads(msg) if isinstance(msg, str) else msg
-
-
-async def until(ws: WebSocketConnection, stop: Callable[[Any], bool]) -> list[Any]:
-    """Messages up to and including the first one for which ``stop`` holds."""
-    out: list[Any] = []
-    while True:
-        out.append(await recv(ws))
-        if stop(out[-1]):
-            return out
-
-
-def typed(kind: str) -> Callable[[Any], bool]:
-    return lambda m: isinstance(m, dict) and m.get("type") == kind
-
-
-def types(messages: list[Any]) -> list[str]:
-    return [m["type"] if isinstance(m, dict) else "<binary>" for m in messages]
-
-
-async def send_json(ws: WebSocketConnection, obj: Any) -> None:
-    await ws.send_message(orjson.dumps(obj).decode())
-
-
-async def closed_with(ws: WebSocketConnection) -> tuple[list[Any], int, str | None]:
-    """Drain until the server closes; returns (messages, close code, reason)."""
-    out: list[Any] = []
-    try:
-        while True:
-            out.append(await recv(ws))
-    except ConnectionClosed as exc:
-        return out, exc.reason.code, exc.reason.reason
-
-
 async def applied_agent(ws: WebSocketConnection, body: dict[str, Any] | None = None) -> None:
     assert (await recv(ws))["type"] == "Welcome"
-    await send_json(ws, body or SETTINGS)
+    await send_json(ws, body or FULL_SETTINGS)
     assert (await recv(ws)) == {"type": "SettingsApplied"}
 
 
@@ -227,7 +157,7 @@ async def test_agent_settings_inject_user_message_full_turn(sim: Sim) -> None:
         async with connect(sim, "/v1/agent/converse") as ws:
             welcome = await recv(ws)
             assert welcome["type"] == "Welcome" and welcome["request_id"]
-            await send_json(ws, SETTINGS)
+            await send_json(ws, FULL_SETTINGS)
             assert await recv(ws) == {"type": "SettingsApplied"}
             await send_json(ws, {"type": "InjectUserMessage", "content": "hello there"})
             turn = await until(ws, typed("AgentAudioDone"))
@@ -251,7 +181,7 @@ async def test_agent_settings_inject_user_message_full_turn(sim: Sim) -> None:
     ("encoding", "rate"), [("mulaw", 8000), ("alaw", 8000), ("linear16", 16000)]
 )
 async def test_agent_audio_uses_requested_output_format(sim: Sim, encoding: str, rate: int) -> None:
-    body = settings()
+    body = full_settings()
     body["audio"]["output"] = {"encoding": encoding, "sample_rate": rate, "container": "none"}
     with trio.fail_after(3):
         async with connect(sim, "/v1/agent/converse") as ws:
@@ -269,7 +199,7 @@ async def test_agent_audio_uses_requested_output_format(sim: Sim, encoding: str,
 async def test_agent_greeting_follows_settings_applied(sim: Sim) -> None:
     with trio.fail_after(3):
         async with connect(sim, "/v1/agent/converse") as ws:
-            await applied_agent(ws, settings(greeting="Hello, how can I help?"))
+            await applied_agent(ws, full_settings(greeting="Hello, how can I help?"))
             turn = await until(ws, typed("AgentAudioDone"))
     assert turn[0] == {
         "type": "ConversationText",
@@ -282,22 +212,18 @@ async def test_agent_greeting_follows_settings_applied(sim: Sim) -> None:
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"type": "Settings", "agent": {}}, "audio"),
-        ({"type": "Settings", "audio": {}}, "agent"),
+        (settings_message({}), "audio"),
+        (settings_message(audio={}), "agent"),
         (
-            {"type": "Settings", "audio": {"input": {"encoding": "linear16"}}, "agent": {}},
+            settings_message({}, {"input": {"encoding": "linear16"}}),
             "audio.input.sample_rate",
         ),
         (
-            {"type": "Settings", "audio": {}, "agent": {"think": {"functions": [{}]}}},
+            settings_message({"think": {"functions": [{}]}}, {}),
             "agent.think.functions",
         ),
         (
-            {
-                "type": "Settings",
-                "audio": {},
-                "agent": {"think": {"functions": [{"name": "f", "client_side": True}]}},
-            },
+            settings_message({"think": {"functions": [{"name": "f", "client_side": True}]}}, {}),
             "agent.think.functions",
         ),
     ],
@@ -309,7 +235,7 @@ async def test_agent_malformed_settings_is_error(sim: Sim, body: dict, field: st
             await send_json(ws, body)
             error = await recv(ws)
             # Settings were not applied: the next Settings is accepted.
-            await send_json(ws, SETTINGS)
+            await send_json(ws, FULL_SETTINGS)
             assert await recv(ws) == {"type": "SettingsApplied"}
     assert error["type"] == "Error" and error["code"] == "UNPARSABLE_CLIENT_MESSAGE"
     assert f"the {field} field" in error["description"]
@@ -324,8 +250,8 @@ async def test_agent_rejects_input_before_settings_and_bad_messages(sim: Sim) ->
             await send_json(ws, {"type": "KeepAlive"})  # fine before Settings: no answer
             await ws.send_message("{not json")
             await send_json(ws, {"type": "Bogus"})
-            await send_json(ws, SETTINGS)
-            await send_json(ws, SETTINGS)
+            await send_json(ws, FULL_SETTINGS)
+            await send_json(ws, FULL_SETTINGS)
             got = [await recv(ws) for _ in range(6)]
     assert [(m["type"], m.get("code")) for m in got] == [
         ("Error", "SETTINGS_REQUIRED"),
@@ -353,7 +279,7 @@ async def test_agent_updates_and_keepalive(sim: Sim) -> None:
 
 async def test_agent_client_side_function_call_round_trip(sim: Sim) -> None:
     fn = {"name": "get_weather", "description": "Weather", "parameters": {"type": "object"}}
-    body = settings(think={"provider": {"type": "open_ai"}, "functions": [fn]})
+    body = full_settings(think={"provider": {"type": "open_ai"}, "functions": [fn]})
     with trio.fail_after(3):
         async with connect(sim, "/v1/agent/converse") as ws:
             await applied_agent(ws, body)
@@ -379,7 +305,7 @@ async def test_agent_client_side_function_call_round_trip(sim: Sim) -> None:
 
 async def test_agent_server_side_function_is_answered_by_the_agent(sim: Sim) -> None:
     fn = {"name": "get_time", "endpoint": {"url": "https://example.invalid/fn"}}
-    body = settings(think={"provider": {"type": "open_ai"}, "functions": [fn]})
+    body = full_settings(think={"provider": {"type": "open_ai"}, "functions": [fn]})
     with trio.fail_after(3):
         async with connect(sim, "/v1/agent/converse") as ws:
             await applied_agent(ws, body)
@@ -425,7 +351,7 @@ async def test_agent_refuses_injection_while_user_speaks(sim: Sim) -> None:
 
 async def test_json_binary_knob_sends_json_in_binary_frames(sim: Sim) -> None:
     fn = {"name": "lookup", "description": "Look up", "parameters": {"type": "object"}}
-    body = settings(think={"provider": {"type": "open_ai"}, "functions": [fn]})
+    body = full_settings(think={"provider": {"type": "open_ai"}, "functions": [fn]})
     with trio.fail_after(3):
         async with connect(sim, "/v1/agent/converse", "sim_json_binary=1") as ws:
             assert isinstance(await ws.get_message(), str)  # Welcome stays text
@@ -443,11 +369,6 @@ async def test_json_binary_knob_sends_json_in_binary_frames(sim: Sim) -> None:
 # Listen
 
 LISTEN_Q = "model=nova-3&encoding=linear16&sample_rate=16000&interim_results=true&vad_events=true&utterance_end_ms=1000"
-
-
-async def send_audio(ws: WebSocketConnection, audio: bytes, frame: int = 3200) -> None:
-    for i in range(0, len(audio), frame):
-        await ws.send_message(audio[i : i + frame])
 
 
 async def test_listen_interim_final_speech_started_utterance_end_and_close_stream(sim: Sim) -> None:
@@ -663,7 +584,7 @@ async def test_fault_delay_updated_holds_settings_applied(sim: Sim) -> None:
         async with connect(sim, "/v1/agent/converse", "sim_fault=delay_updated:300") as ws:
             assert (await recv(ws))["type"] == "Welcome"
             sent = trio.current_time()
-            await send_json(ws, SETTINGS)
+            await send_json(ws, FULL_SETTINGS)
             await send_json(ws, {"type": "UpdatePrompt", "prompt": "x"})
             applied = await recv(ws)
             waited = trio.current_time() - sent

@@ -11,7 +11,7 @@ import trio
 from trio_websocket import ConnectionRejected
 
 from tests.support import deepgram_sdk
-from tests.unit.test_simulate_deepgram import (
+from tests.support.deepgram_sim_client import (
     KEY,
     Sim,
     closed_with,

@@ -19,6 +19,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from tests.support.settings import session_update
 from voxgate.simulate.common import rms_pcm16, silence_pcm16, tone_pcm16
 from voxgate.simulate.openai import OpenAISimulator, RealtimeSession
 
@@ -231,22 +232,18 @@ async def test_session_update_merges_and_reports_the_full_session(sim: OpenAISim
     async with connect(sim) as client:
         await client.recv()
         await client.send(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "instructions": "Be brief.",
-                    "output_modalities": ["text"],
-                    "audio": {
-                        "input": {
-                            "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
-                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
-                        },
-                        "output": {"voice": "marin"},
+            session_update(
+                instructions="Be brief.",
+                output_modalities=["text"],
+                audio={
+                    "input": {
+                        "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
+                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
                     },
-                    "tools": [{"type": "function", "name": "get_time", "parameters": {}}],
+                    "output": {"voice": "marin"},
                 },
-            }
+                tools=[{"type": "function", "name": "get_time", "parameters": {}}],
+            )
         )
         event = await client.recv()
     assert event["type"] == "session.updated"
@@ -293,7 +290,7 @@ async def test_invalid_session_update_is_an_error_and_changes_nothing(
         assert error["error"]["code"] == code
         assert error["error"]["param"] == param
         assert error["error"]["event_id"] == "evt_up"
-        await client.send({"type": "session.update", "session": {"type": "realtime"}})
+        await client.send(session_update())
         updated = await client.recv()
     assert updated["type"] == "session.updated"
     assert updated["session"] == created
@@ -313,7 +310,7 @@ async def test_unknown_event_malformed_json_and_binary_frames_are_errors(
         assert (await client.recv())["error"]["code"] == "invalid_json"
         await client.ws.send_message(b"\x00\x01")
         assert (await client.recv())["error"]["code"] == "invalid_event"
-        await client.send({"type": "session.update", "session": {"type": "realtime"}})
+        await client.send(session_update())
         assert (await client.recv())["type"] == "session.updated"
 
 
@@ -323,12 +320,7 @@ async def test_unknown_event_malformed_json_and_binary_frames_are_errors(
 
 async def text_session(client: Client, **extra: Any) -> None:
     await client.recv()
-    await client.send(
-        {
-            "type": "session.update",
-            "session": {"type": "realtime", "output_modalities": ["text"], **extra},
-        }
-    )
+    await client.send(session_update(output_modalities=["text"], **extra))
     assert (await client.recv())["type"] == "session.updated"
 
 
@@ -341,6 +333,35 @@ def user_text(text: str) -> dict[str, Any]:
             "content": [{"type": "input_text", "text": text}],
         },
     }
+
+
+def check_text_turn_events(events: list[dict[str, Any]]) -> None:
+    """Ids, items, the response's life and the text of one text turn "hello there", in order."""
+    assert all(e["event_id"].startswith("event_") for e in events)
+    assert len({e["event_id"] for e in events}) == len(events)
+    user = events[0]["item"]
+    assert user["id"].startswith("item_") and user["status"] == "completed"
+    assert user["role"] == "user" and user["content"][0]["text"] == "hello there"
+    created = events[2]["response"]
+    assert created["status"] == "in_progress" and created["output"] == []
+    rid = created["id"]
+    assert rid.startswith("resp_")
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == "You said: hello there"
+    done_text = next(e for e in events if e["type"] == "response.output_text.done")
+    assert done_text["text"] == text and done_text["response_id"] == rid
+    assistant = events[4]["item"]
+    assert events[4]["previous_item_id"] == user["id"]
+    assert assistant["role"] == "assistant" and assistant["status"] == "in_progress"
+    done = events[-2]["response"]
+    assert done["id"] == rid and done["status"] == "completed"
+    assert done["output"][0]["id"] == assistant["id"]
+    assert done["output"][0]["content"] == [{"type": "output_text", "text": text}]
+    assert (
+        done["usage"]["total_tokens"]
+        == done["usage"]["input_tokens"] + done["usage"]["output_tokens"]
+    )
+    assert events[-1]["rate_limits"][0]["name"] == "tokens"
 
 
 async def test_text_turn_full_event_order(sim: OpenAISimulator) -> None:
@@ -367,31 +388,7 @@ async def test_text_turn_full_event_order(sim: OpenAISimulator) -> None:
         "response.done",
         "rate_limits.updated",
     ]
-    assert all(e["event_id"].startswith("event_") for e in events)
-    assert len({e["event_id"] for e in events}) == len(events)
-    user = events[0]["item"]
-    assert user["id"].startswith("item_") and user["status"] == "completed"
-    assert user["role"] == "user" and user["content"][0]["text"] == "hello there"
-    created = events[2]["response"]
-    assert created["status"] == "in_progress" and created["output"] == []
-    rid = created["id"]
-    assert rid.startswith("resp_")
-    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
-    assert text == "You said: hello there"
-    done_text = next(e for e in events if e["type"] == "response.output_text.done")
-    assert done_text["text"] == text and done_text["response_id"] == rid
-    assistant = events[4]["item"]
-    assert events[4]["previous_item_id"] == user["id"]
-    assert assistant["role"] == "assistant" and assistant["status"] == "in_progress"
-    done = events[-2]["response"]
-    assert done["id"] == rid and done["status"] == "completed"
-    assert done["output"][0]["id"] == assistant["id"]
-    assert done["output"][0]["content"] == [{"type": "output_text", "text": text}]
-    assert (
-        done["usage"]["total_tokens"]
-        == done["usage"]["input_tokens"] + done["usage"]["output_tokens"]
-    )
-    assert events[-1]["rate_limits"][0]["name"] == "tokens"
+    check_text_turn_events(events)
 
 
 async def test_audio_modality_reply_is_pcm16_with_transcript(sim: OpenAISimulator) -> None:
@@ -423,18 +420,14 @@ async def test_audio_turn_through_server_vad(sim: OpenAISimulator) -> None:
     async with connect(sim) as client:
         await client.recv()
         await client.send(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "audio": {
-                        "input": {
-                            "transcription": {"model": "gpt-4o-transcribe"},
-                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 300},
-                        }
-                    },
+            session_update(
+                audio={
+                    "input": {
+                        "transcription": {"model": "gpt-4o-transcribe"},
+                        "turn_detection": {"type": "server_vad", "silence_duration_ms": 300},
+                    }
                 },
-            }
+            )
         )
         await client.until("session.updated")
         await client.append(silence_pcm16(200) + tone_pcm16(1200) + silence_pcm16(600))
@@ -474,12 +467,7 @@ async def test_audio_turn_through_server_vad(sim: OpenAISimulator) -> None:
 async def test_turn_detection_null_means_manual_commit_and_clear(sim: OpenAISimulator) -> None:
     async with connect(sim) as client:
         await client.recv()
-        await client.send(
-            {
-                "type": "session.update",
-                "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
-            }
-        )
+        await client.send(session_update(audio={"input": {"turn_detection": None}}))
         updated = await client.recv()
         assert updated["session"]["audio"]["input"]["turn_detection"] is None
         await client.append(tone_pcm16(50))
@@ -508,16 +496,12 @@ async def test_large_append_and_g711_output(sim: OpenAISimulator) -> None:
     async with connect(sim) as client:
         await client.recv()
         await client.send(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "audio": {
-                        "input": {"turn_detection": None},
-                        "output": {"format": {"type": "audio/pcmu"}},
-                    },
+            session_update(
+                audio={
+                    "input": {"turn_detection": None},
+                    "output": {"format": {"type": "audio/pcmu"}},
                 },
-            }
+            )
         )
         await client.until("session.updated")
         await client.append(silence_pcm16(25_000), chunk_ms=25_000)  # 1.2 MB in one message
@@ -711,14 +695,10 @@ def test_idle_timeout_triggers_commit_and_response_sans_io() -> None:
     """Driven with a fake clock: the idle timer needs >= 5 s, far too slow for a socket test."""
     session = RealtimeSession()
     assert types(drain(session, 0.0)) == ["session.created"]
-    update = {
-        "type": "session.update",
-        "session": {
-            "type": "realtime",
-            "output_modalities": ["text"],
-            "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}},
-        },
-    }
+    update = session_update(
+        output_modalities=["text"],
+        audio={"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}},
+    )
     session.receive(json.dumps(update), 1.0)
     assert types(drain(session, 1.0)) == ["session.updated"]
     assert session.next_output(1.0) == 7.0  # nothing to send before the deadline
@@ -757,19 +737,15 @@ def test_every_event_matches_the_sdk_schema() -> None:
 
     tool = {"type": "function", "name": "get_time", "parameters": {}}
     send(
-        {
-            "type": "session.update",
-            "session": {
-                "type": "realtime",
-                "tools": [tool],
-                "audio": {
-                    "input": {
-                        "transcription": {"model": "gpt-4o-transcribe"},
-                        "turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000},
-                    }
-                },
+        session_update(
+            tools=[tool],
+            audio={
+                "input": {
+                    "transcription": {"model": "gpt-4o-transcribe"},
+                    "turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000},
+                }
             },
-        }
+        )
     )
     send(user_text("get time please"))
     send({"type": "response.create"})
@@ -884,7 +860,7 @@ async def test_fault_garbage_after_session_created(sim: OpenAISimulator) -> None
             frame = await client.ws.get_message()
         with pytest.raises(json.JSONDecodeError):
             json.loads(frame)
-        await client.send({"type": "session.update", "session": {"type": "realtime"}})
+        await client.send(session_update())
         assert (await client.recv())["type"] == "session.updated"
 
 
@@ -892,7 +868,7 @@ async def test_fault_delay_updated(sim: OpenAISimulator) -> None:
     async with connect(sim, "sim_fault=delay_updated:300") as client:
         await client.recv()
         start = trio.current_time()
-        await client.send({"type": "session.update", "session": {"type": "realtime"}})
+        await client.send(session_update())
         assert (await client.recv())["type"] == "session.updated"
     assert trio.current_time() - start >= 0.3
 
@@ -901,7 +877,7 @@ async def test_fault_close_and_drop_after_update(sim: OpenAISimulator) -> None:
     for fault, code in [("close_after_update:4002", 4002), ("drop_after_update", 1006)]:
         async with connect(sim, f"sim_fault={fault}") as client:
             await client.recv()
-            await client.send({"type": "session.update", "session": {"type": "realtime"}})
+            await client.send(session_update())
             assert (await client.recv())["type"] == "session.updated"
             with pytest.raises(ConnectionClosed) as info:
                 await client.recv()

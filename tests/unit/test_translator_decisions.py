@@ -8,10 +8,14 @@ import uuid
 import numpy as np
 import pytest
 
-from tests.support.translator_harness import (
+from tests.support.settings import (
     MANUAL_SETTINGS,
+    MINIMAL_DEEPGRAM_SETTINGS,
     SESSION_UPDATED,
     SETTINGS,
+    settings_message,
+)
+from tests.support.translator_harness import (
     Harness,
     assistant_item,
     audio_delta,
@@ -28,7 +32,7 @@ def settings_with_audio(input_: dict | None = None, output: dict | None = None, 
         audio["input"] = input_
     if output is not None:
         audio["output"] = output
-    return {"type": "Settings", "audio": audio, "agent": agent}
+    return settings_message(agent, audio)
 
 
 def appended(out) -> list[bytes]:
@@ -173,11 +177,10 @@ def test_d5_g711_output_and_session_format_wins():
     assert h.up(audio_delta(b"\x01\x02\x03")).binary == [b"\x01\x02\x03"]
     h = Harness()
     h.ready(
-        {
-            "type": "Settings",
-            "audio": {"output": {"encoding": "linear16", "sample_rate": 16000}},
-            "agent": {"sessionAudioOutput": {"format": {"type": "audio/pcm", "rate": 24000}}},
-        }
+        settings_message(
+            {"sessionAudioOutput": {"format": {"type": "audio/pcm", "rate": 24000}}},
+            {"output": {"encoding": "linear16", "sample_rate": 16000}},
+        )
     )
     pcm = b"\x01\x00" * 100
     assert h.up(audio_delta(pcm)).binary == [pcm]  # not converted
@@ -207,14 +210,7 @@ def test_d6_welcome_first_before_upstream_open():
 def test_d7_minimal_deepgram_settings():
     h = Harness()
     out = h.ready(
-        {
-            "type": "Settings",
-            "audio": {
-                "input": {"encoding": "linear16", "sample_rate": 24000},
-                "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
-            },
-            "agent": {"think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}}},
-        }
+        MINIMAL_DEEPGRAM_SETTINGS
     )
     assert out.client_types == ["Welcome", "SettingsApplied"]
     s = h.session()
@@ -224,12 +220,12 @@ def test_d7_minimal_deepgram_settings():
 
 def test_d8_realtime_model_kept_other_replaced_by_connect_model():
     h = Harness(default_model="gpt-realtime-mini")
-    h.ready({"type": "Settings", "agent": {"think": {"provider": {"model": "gpt-4o-mini"}}}})
+    h.ready(settings_message({"think": {"provider": {"model": "gpt-4o-mini"}}}))
     assert h.session()["model"] == "gpt-realtime-mini"
     assert any(log.level == "debug" and "model" in log.message for log in h.all.logs)
     h = Harness()
     h.ready(
-        {"type": "Settings", "agent": {"think": {"provider": {"model": "gpt-realtime-2025-08-28"}}}}
+        settings_message({"think": {"provider": {"model": "gpt-realtime-2025-08-28"}}})
     )
     assert h.session()["model"] == "gpt-realtime-2025-08-28"
 
@@ -237,7 +233,7 @@ def test_d8_realtime_model_kept_other_replaced_by_connect_model():
 def test_d9_duplicate_settings_answered_after_the_real_one():
     h = Harness()
     h.open()
-    h.client({"type": "Settings", "agent": {"greeting": "Hi"}})
+    h.client(settings_message({"greeting": "Hi"}))
     out = h.client(SETTINGS)
     assert out.client == [] and out.up == []
     out = h.up(SESSION_UPDATED)
@@ -246,7 +242,7 @@ def test_d9_duplicate_settings_answered_after_the_real_one():
 
 def test_d10_transcription_language():
     h = Harness()
-    h.ready({"type": "Settings", "agent": {"language": "es"}})
+    h.ready(settings_message({"language": "es"}))
     assert h.session()["audio"]["input"]["transcription"] == {
         "model": "gpt-4o-transcribe",
         "language": "es",
@@ -283,7 +279,7 @@ def test_d12_keepalive_dropped_silently(passthrough):
 
 def test_d13_update_prompt_appends_and_answers_prompt_updated():
     h = Harness()
-    h.ready({"type": "Settings", "agent": {"think": {"prompt": "Be helpful."}}})
+    h.ready(settings_message({"think": {"prompt": "Be helpful."}}))
     out = h.client({"type": "UpdatePrompt", "prompt": "Be brief."})
     assert out.up[0]["session"] == {"type": "realtime", "instructions": "Be helpful.\n\nBe brief."}
     assert h.up(SESSION_UPDATED).client == [{"type": "PromptUpdated"}]
@@ -293,7 +289,7 @@ def test_d13_update_prompt_appends_and_answers_prompt_updated():
 
 def test_d13_update_prompt_on_empty_instructions_and_invalid():
     h = Harness()
-    h.ready({"type": "Settings"})
+    h.ready(settings_message())
     assert h.client({"type": "UpdatePrompt", "prompt": "P"}).up[0]["session"]["instructions"] == "P"
     assert h.client({"type": "UpdatePrompt"}).error_codes == ["invalid_client_message"]
 
@@ -301,7 +297,7 @@ def test_d13_update_prompt_on_empty_instructions_and_invalid():
 def test_d13_update_prompt_gated_before_ready_and_deferred_during_a_response():
     h = Harness()
     h.open()
-    h.client({"type": "Settings", "agent": {"think": {"prompt": "A"}}})
+    h.client(settings_message({"think": {"prompt": "A"}}))
     h.client({"type": "UpdatePrompt", "prompt": "B"})
     h.client({"type": "InjectUserMessage", "content": "q"})
     out = h.up(SESSION_UPDATED)

@@ -8,6 +8,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.settings import settings_message
 from voxgate.workers.openai.actions import (
     TIMERS,
     ArmTimer,
@@ -84,7 +85,7 @@ def settings_msg(draw):
             "sample_rate": draw(st.sampled_from([16000, 24000, 8000, None])),
         },
     }
-    return {"type": "Settings", "agent": agent, "audio": audio}
+    return settings_message(agent, audio)
 
 
 @st.composite
@@ -226,33 +227,54 @@ operation = st.one_of(
 )
 
 
+def _check_send_client(action: SendClient, state: dict) -> None:
+    assert not state["client_closed"], "frame after the client close"
+    if isinstance(action.data, str):
+        msg = orjson.loads(action.data)
+        assert isinstance(msg, dict) and isinstance(msg["type"], str)
+    else:
+        assert isinstance(action.data, bytes) and action.data
+
+
+def _check_send_upstream(action: SendUpstream, state: dict) -> None:
+    assert not state["upstream_closed"], "frame after the upstream close"
+    assert isinstance(orjson.loads(action.data), dict)
+
+
+def _check_close(action: CloseClient | CloseUpstream, state: dict, leg: str) -> None:
+    """At most one close per leg, with a code and reason that fit a close frame."""
+    assert not state[leg]
+    state[leg] = True
+    assert 1000 <= action.code <= 4999 and len(action.reason.encode()) <= 123
+
+
+def _check_timer(action: ArmTimer, state: dict) -> None:
+    assert action.name in TIMERS and action.seconds > 0
+
+
+def _check_log(action: Log, state: dict) -> None:
+    assert action.level in ("debug", "info", "warning", "error")
+    assert isinstance(action.fields, dict)
+
+
+CHECKS = {
+    SendClient: _check_send_client,
+    SendUpstream: _check_send_upstream,
+    CloseClient: lambda action, state: _check_close(action, state, "client_closed"),
+    CloseUpstream: lambda action, state: _check_close(action, state, "upstream_closed"),
+    ArmTimer: _check_timer,
+    Log: _check_log,
+}  # what each action must satisfy (CancelTimer: only its type)
+
+
 def check(actions: list, state: dict) -> None:
     assert isinstance(actions, list)
     for action in actions:
         assert isinstance(action, ACTION_TYPES), action
-        if isinstance(action, SendClient):
-            assert not state["client_closed"], "frame after the client close"
-            if isinstance(action.data, str):
-                msg = orjson.loads(action.data)
-                assert isinstance(msg, dict) and isinstance(msg["type"], str)
-            else:
-                assert isinstance(action.data, bytes) and action.data
-        elif isinstance(action, SendUpstream):
-            assert not state["upstream_closed"], "frame after the upstream close"
-            assert isinstance(orjson.loads(action.data), dict)
-        elif isinstance(action, CloseClient):
-            assert not state["client_closed"]
-            state["client_closed"] = True
-            assert 1000 <= action.code <= 4999 and len(action.reason.encode()) <= 123
-        elif isinstance(action, CloseUpstream):
-            assert not state["upstream_closed"]
-            state["upstream_closed"] = True
-            assert 1000 <= action.code <= 4999 and len(action.reason.encode()) <= 123
-        elif isinstance(action, ArmTimer):
-            assert action.name in TIMERS and action.seconds > 0
-        elif isinstance(action, Log):
-            assert action.level in ("debug", "info", "warning", "error")
-            assert isinstance(action.fields, dict)
+        for kind, checker in CHECKS.items():
+            if isinstance(action, kind):
+                checker(action, state)
+                break
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,6 +8,7 @@ import math
 import orjson
 import pytest
 
+from tests.support.settings import settings_message
 from tests.support.translator_harness import Harness
 from voxgate.workers.openai.settings_map import (
     DEFAULT_TURN_DETECTION,
@@ -34,7 +35,7 @@ from voxgate.workers.openai.upstream_map import (
 
 
 def plan(settings: dict) -> SessionPlan:
-    result = map_settings({"type": "Settings", **settings}, default_model="gpt-realtime")
+    result = map_settings(settings_message(**settings), default_model="gpt-realtime")
     assert isinstance(result, SessionPlan), result
     return result
 
@@ -356,7 +357,7 @@ def test_function_call_response_without_id_omits_call_id():
 def test_37_session_updated_to_settings_applied():
     h = Harness()
     h.open()
-    h.client({"type": "Settings"})
+    h.client(settings_message())
     assert h.up({"type": "session.updated"}).client == [{"type": "SettingsApplied"}]
 
 
@@ -437,7 +438,7 @@ def test_error_description_never_carries_a_key():
 
 def test_65_66_greeting_to_conversation_text():
     h = Harness()
-    out = h.ready({"type": "Settings", "agent": {"greeting": " Hello! "}})
+    out = h.ready(settings_message({"greeting": " Hello! "}))
     assert {"type": "ConversationText", "role": "assistant", "content": "Hello!"} in out.client
 
 
@@ -525,7 +526,7 @@ def test_81_83_response_done_output_text():
 def test_84_85_binary_to_append():
     h = Harness()
     h.ready(
-        {"type": "Settings", "audio": {"input": {"encoding": "linear16", "sample_rate": 24000}}}
+        settings_message(audio={"input": {"encoding": "linear16", "sample_rate": 24000}})
     )
     out = h.client(b"\x01\x02\x03\x04")
     assert out.up == [{"type": "input_audio_buffer.append", "audio": "AQIDBA=="}]
@@ -533,9 +534,9 @@ def test_84_85_binary_to_append():
 
 
 def test_86_87_tolerant_mappers():
-    assert isinstance(map_settings({"type": "Settings"}, default_model="gpt-realtime"), SessionPlan)
+    assert isinstance(map_settings(settings_message(), default_model="gpt-realtime"), SessionPlan)
     assert isinstance(
-        map_settings({"type": "Settings", "agent": 5, "audio": "x"}, default_model="gpt-realtime"),
+        map_settings(settings_message(5, "x"), default_model="gpt-realtime"),
         SessionPlan,
     )
     assert user_message_event("")["item"]["content"][0]["text"] == ""
@@ -650,7 +651,7 @@ def test_input_formats(audio, input_type):
     ],
 )
 def test_unsupported_formats(audio):
-    result = map_settings({"type": "Settings", "audio": audio}, default_model="gpt-realtime")
+    result = map_settings(settings_message(audio=audio), default_model="gpt-realtime")
     assert isinstance(result, SettingsRejected)
     assert result.code == "unsupported_audio_format"
 

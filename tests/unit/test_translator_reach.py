@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.translator_harness import (
-    MANUAL_SETTINGS,
-    SESSION_UPDATED,
-    Harness,
-    assistant_item,
-    audio_delta,
-)
+from tests.support.settings import MANUAL_SETTINGS, SESSION_UPDATED, settings_message
+from tests.support.translator_harness import Harness, assistant_item, audio_delta
 from voxgate.workers.openai.translator import (
     DIALECT_DEEPGRAM,
     DIALECT_REFERENCE,
@@ -88,7 +83,7 @@ def test_update_think_without_a_think_object_is_an_error(think):
 def test_update_think_gated_before_ready_and_held_during_a_response():
     h = Harness()
     h.open()
-    h.client({"type": "Settings"})
+    h.client(settings_message())
     assert h.client({"type": "UpdateThink", "think": {"prompt": "B."}}).up == []
     out = h.up(SESSION_UPDATED)
     assert out.client_types == ["SettingsApplied"] and out.up_types == ["session.update"]
@@ -397,7 +392,7 @@ def test_deepgram_dialect_audio_done_without_text_comes_at_the_response_end():
 def test_deepgram_dialect_greeting_and_agent_message_end_with_agent_audio_done():
     h = dg()
     h.open()
-    h.client({"type": "Settings", "agent": {"greeting": "Hello!"}})
+    h.client(settings_message({"greeting": "Hello!"}))
     out = h.up(SESSION_UPDATED)
     assert out.client_types == ["SettingsApplied", "ConversationText", "AgentAudioDone"]
     out = h.client({"type": "InjectAgentMessage", "message": "Still there?"})

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 
-from tests.support.translator_harness import (
+from tests.support.settings import (
+    CONTEXT,
     MANUAL_SETTINGS,
+    SESSION_CREATED,
     SESSION_UPDATED,
     SETTINGS,
+    settings_message,
+)
+from tests.support.translator_harness import (
     Harness,
     assistant_item,
     audio_delta,
@@ -38,7 +43,7 @@ def test_r2_only_the_first_settings_is_forwarded():
     h = Harness()
     h.ready()
     out = h.client(
-        {"type": "Settings", "agent": {"greeting": "ignored", "think": {"prompt": "other"}}}
+        settings_message({"greeting": "ignored", "think": {"prompt": "other"}})
     )
     assert out.up == []
     assert out.client == [{"type": "SettingsApplied"}]
@@ -69,10 +74,10 @@ def test_r3_settings_while_a_deferred_create_is_pending():
 def test_r4_session_created_is_not_readiness():
     h = Harness()
     h.open()
-    h.client({"type": "Settings", "agent": {"greeting": "Hi"}})
+    h.client(settings_message({"greeting": "Hi"}))
     h.client({"type": "InjectUserMessage", "content": "q"})
     h.client(b"\x00\x00" * 10)
-    out = h.up({"type": "session.created", "session": {}})
+    out = h.up(SESSION_CREATED)
     assert out.client == [] and out.up == []
     out = h.up(SESSION_UPDATED)
     assert out.client_types[:2] == ["SettingsApplied", "ConversationText"]
@@ -369,7 +374,7 @@ def test_r16_held_error_flushed_at_upstream_close():
 
 def test_r17_greeting_text_only_then_done_pair():
     h = Harness()
-    out = h.ready({"type": "Settings", "agent": {"greeting": "Hi"}})
+    out = h.ready(settings_message({"greeting": "Hi"}))
     assert out.client[1:] == [
         {"type": "SettingsApplied"},
         {"type": "ConversationText", "role": "assistant", "content": "Hi"},
@@ -381,33 +386,13 @@ def test_r17_greeting_text_only_then_done_pair():
 
 def test_r17_greeting_suppressed_with_context():
     h = Harness()
-    out = h.ready(
-        {
-            "type": "Settings",
-            "agent": {
-                "greeting": "Hi",
-                "context": {"messages": [{"role": "user", "content": "x"}]},
-            },
-        }
-    )
+    out = h.ready(settings_message({"greeting": "Hi", "context": {"messages": [{"role": "user", "content": "x"}]}}))
     assert out.client_types == ["Welcome", "SettingsApplied"]
 
 
 def test_r18_context_only_in_instructions():
     h = Harness()
-    h.ready(
-        {
-            "type": "Settings",
-            "agent": {
-                "context": {
-                    "messages": [
-                        {"role": "user", "content": "Hello"},
-                        {"role": "assistant", "content": "Hi there!"},
-                    ]
-                }
-            },
-        }
-    )
+    h.ready(settings_message({"context": CONTEXT}))
     assert "Previous conversation:" in h.session()["instructions"]
     assert "conversation.item.create" not in h.all.up_types
 

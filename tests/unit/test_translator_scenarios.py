@@ -9,7 +9,16 @@ from typing import Any
 
 import orjson
 
-from tests.support.translator_harness import SESSION_UPDATED, Harness, Out
+from tests.support.settings import (
+    CONTEXT,
+    MANUAL_SETTINGS,
+    MINIMAL_DEEPGRAM_SETTINGS,
+    SESSION_CREATED,
+    SESSION_UPDATED,
+    SETTINGS,
+    settings_message,
+)
+from tests.support.translator_harness import Harness, Out
 from voxgate.workers.openai.actions import CloseClient, SendUpstream
 
 MOCK_TEXT = "Hello from mock"
@@ -152,11 +161,6 @@ class Scenario:
         return self.h.all.client_types
 
 
-SETTINGS = {"type": "Settings", "agent": {"think": {"prompt": "Help."}}}
-MANUAL = {
-    "type": "Settings",
-    "agent": {"think": {"prompt": "Help."}, "useOpenAIManualAudioCommit": True},
-}
 
 
 def conv(role: str, content: str) -> dict[str, str]:
@@ -169,7 +173,7 @@ def conv(role: str, content: str) -> dict[str, str]:
 def test_a1_settings_applied_and_server_vad():
     s = Scenario()
     s.open()
-    s.send({"type": "Settings", "agent": {"think": {"prompt": "Help."}}})
+    s.send(SETTINGS)
     assert s.client_types == ["Welcome", "SettingsApplied"]
     updates = [e for e in s.up.received if e["type"] == "session.update"]
     assert len(updates) == 1
@@ -180,7 +184,7 @@ def test_a1_settings_applied_and_server_vad():
 def test_a2_session_created_on_connect_yields_no_settings_applied():
     s = Scenario()
     s.open()
-    s.up.push({"type": "session.created", "session": {}})
+    s.up.push(SESSION_CREATED)
     s.send(SETTINGS)
     assert s.client_types.count("SettingsApplied") == 1
 
@@ -199,7 +203,7 @@ def test_a3_settings_twice():
 def test_a4_greeting():
     s = Scenario()
     s.open()
-    s.send({"type": "Settings", "agent": {"greeting": "Hi"}})
+    s.send(settings_message({"greeting": "Hi"}))
     assert s.client[1:] == [
         {"type": "SettingsApplied"},
         conv("assistant", "Hi"),
@@ -212,20 +216,7 @@ def test_a4_greeting():
 def test_a5_greeting_with_context():
     s = Scenario()
     s.open()
-    s.send(
-        {
-            "type": "Settings",
-            "agent": {
-                "greeting": "Hi",
-                "context": {
-                    "messages": [
-                        {"role": "user", "content": "Hello"},
-                        {"role": "assistant", "content": "Hi there!"},
-                    ]
-                },
-            },
-        }
-    )
+    s.send(settings_message({"greeting": "Hi", "context": CONTEXT}))
     assert s.client_types == ["Welcome", "SettingsApplied"]
     instructions = s.up.received[0]["session"]["instructions"]
     assert "Previous conversation:" in instructions and "user: Hello" in instructions
@@ -396,7 +387,7 @@ def test_m1_early_audio_flushed_after_session_updated():
 def test_m2_manual_commit_after_debounce():
     s = Scenario(response="none")
     s.open()
-    s.send(MANUAL)
+    s.send(MANUAL_SETTINGS)
     s.send(bytes(40000))
     assert appends(s)
     s.up.pump(s.h.fire("commit_debounce"))
@@ -407,7 +398,7 @@ def test_m2_manual_commit_after_debounce():
 def test_m3_small_audio_no_commit():
     s = Scenario()
     s.open()
-    s.send(MANUAL)
+    s.send(MANUAL_SETTINGS)
     s.send(bytes(500))
     s.up.pump(s.h.fire("commit_debounce"))
     assert "input_audio_buffer.append" in s.up.types()
@@ -428,7 +419,7 @@ def test_m4_server_vad_appends_only():
 def test_m5_continuous_audio_commits_via_max_coalesce():
     s = Scenario(response="none")
     s.open()
-    s.send(MANUAL)
+    s.send(MANUAL_SETTINGS)
     for _ in range(6):
         s.send(bytes(8000))
     s.up.pump(s.h.fire("commit_coalesce"))
@@ -643,14 +634,7 @@ def test_v2_deepgram_minimal_settings():
     s = Scenario()
     s.open()
     s.send(
-        {
-            "type": "Settings",
-            "audio": {
-                "input": {"encoding": "linear16", "sample_rate": 24000},
-                "output": {"encoding": "linear16", "sample_rate": 24000, "container": "none"},
-            },
-            "agent": {"think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}}},
-        }
+        MINIMAL_DEEPGRAM_SETTINGS
     )
     assert s.client_types == ["Welcome", "SettingsApplied"]
     session = s.up.received[0]["session"]
@@ -682,7 +666,7 @@ def test_v5_unsupported_input_rate():
     s = Scenario()
     s.open()
     out = s.send(
-        {"type": "Settings", "audio": {"input": {"encoding": "linear16", "sample_rate": 11025}}}
+        settings_message(audio={"input": {"encoding": "linear16", "sample_rate": 11025}})
     )
     assert out.error_codes == ["unsupported_audio_format"]
     assert s.up.received == []
@@ -794,7 +778,7 @@ def test_v11_one_done_pair_and_held_idle_error_on_response_done():
 def test_v12_update_prompt():
     s = Scenario()
     s.open()
-    s.send({"type": "Settings", "agent": {"think": {"prompt": "Help."}}})
+    s.send(SETTINGS)
     out = s.send({"type": "UpdatePrompt", "prompt": "Be brief."})
     update = s.up.received[-1]
     assert update["type"] == "session.update"
