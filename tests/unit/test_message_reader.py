@@ -1,4 +1,4 @@
-"""MessageReader: the translator's message layer over the shared frame code (frames.py).
+"""MessageReader: the translator's message layer over the shared frame parser (frameparser.py).
 
 Frames are built here by hand and masked with wsproto's masker (not frames.py), so the reader
 is checked against bytes another implementation produces."""
@@ -19,7 +19,15 @@ from voxgate.workers.frames import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
+)
+from voxgate.workers.messages import (
+    BinaryMessage,
+    Message,
     MessageReader,
+    PeerClosed,
+    Ping,
+    StreamFailed,
+    TextMessage,
 )
 
 KEY = b"\x37\xfa\x21\x3d"
@@ -45,20 +53,20 @@ def client_reader(limit: int = 1 << 20) -> MessageReader:
     return MessageReader(masked=True, max_message=limit)
 
 
-def feed_bytewise(reader: MessageReader, data: bytes) -> list[tuple]:
+def feed_bytewise(reader: MessageReader, data: bytes) -> list[Message]:
     return [e for i in range(len(data)) for e in reader.feed(data[i : i + 1])]
 
 
 def test_text_and_binary_messages_in_one_read():
     wire = frame(OP_TEXT, "héllo €".encode()) + frame(OP_BINARY, bytes(range(256))) + frame(OP_TEXT, b"")
-    assert client_reader().feed(wire) == [(OP_TEXT, "héllo €"), (OP_BINARY, bytes(range(256))), (OP_TEXT, "")]
+    assert client_reader().feed(wire) == [TextMessage("héllo €"), BinaryMessage(bytes(range(256))), TextMessage("")]
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 447, 448, 960, 65535, 65536, 70001])
 def test_every_split_point_gives_the_same_messages(size):
     payload = bytes((i * 13 + 5) & 0xFF for i in range(size))
     wire = frame(OP_BINARY, payload) + frame(OP_PING, b"p") + frame(OP_BINARY, payload[::-1])
-    want = [(OP_BINARY, payload), (OP_PING, b"p"), (OP_BINARY, payload[::-1])]
+    want = [BinaryMessage(payload), Ping(b"p"), BinaryMessage(payload[::-1])]
     cuts = sorted({0, 1, 2, 5, 9, 14, len(wire) // 2, len(wire) - 1})
     for cut in cuts:
         reader = client_reader()
@@ -70,36 +78,36 @@ def test_every_split_point_gives_the_same_messages(size):
 def test_fragments_are_joined_and_pings_between_them_come_first():
     wire = (frame(OP_TEXT, b'{"a":', fin=False) + frame(OP_PING, b"x") + frame(OP_CONT, b"1", fin=False)
             + frame(OP_PONG, b"ignored") + frame(OP_CONT, b"}"))
-    assert client_reader().feed(wire) == [(OP_PING, b"x"), (OP_TEXT, '{"a":1}')]
+    assert client_reader().feed(wire) == [Ping(b"x"), TextMessage('{"a":1}')]
 
 
 def test_utf8_is_checked_per_message_even_across_fragments():
     euro = "€".encode()
     ok = frame(OP_TEXT, euro[:1], fin=False) + frame(OP_CONT, euro[1:])
-    assert client_reader().feed(ok) == [(OP_TEXT, "€")]
+    assert client_reader().feed(ok) == [TextMessage("€")]
     bad = frame(OP_TEXT, b"\xce", fin=False) + frame(OP_CONT, b"\x41")
-    assert client_reader().feed(bad) == [("error", 1007, "invalid UTF-8")]
-    assert client_reader().feed(frame(OP_TEXT, b"ok \xf4\x90\x80\x80")) == [("error", 1007, "invalid UTF-8")]
+    assert client_reader().feed(bad) == [StreamFailed(1007, "invalid UTF-8")]
+    assert client_reader().feed(frame(OP_TEXT, b"ok \xf4\x90\x80\x80")) == [StreamFailed(1007, "invalid UTF-8")]
 
 
 def test_binary_is_never_decoded():
-    assert client_reader().feed(frame(OP_BINARY, b"\xff\xfe")) == [(OP_BINARY, b"\xff\xfe")]
+    assert client_reader().feed(frame(OP_BINARY, b"\xff\xfe")) == [BinaryMessage(b"\xff\xfe")]
 
 
 def test_oversized_message_is_refused_from_the_header_alone():
     reader = client_reader(limit=1000)
     head_only = frame(OP_BINARY, b"", length=1001)  # no payload byte has arrived yet
-    assert reader.feed(frame(OP_TEXT, b"before") + head_only) == [(OP_TEXT, "before"), ("error", 1009, "message too large")]
+    assert reader.feed(frame(OP_TEXT, b"before") + head_only) == [TextMessage("before"), StreamFailed(1009, "message too large")]
     assert reader.feed(b"\x00" * 5000) == []  # nothing after the refusal
     huge = bytes([0x82, 0xFF]) + (1 << 62).to_bytes(8, "big") + KEY
-    assert client_reader(limit=1000).feed(huge) == [("error", 1009, "message too large")]
+    assert client_reader(limit=1000).feed(huge) == [StreamFailed(1009, "message too large")]
 
 
 def test_oversized_fragmented_message_is_refused_at_the_fragment_that_crosses():
     reader = client_reader(limit=1000)
     first = reader.feed(frame(OP_BINARY, b"a" * 600, fin=False))
     assert first == []
-    assert reader.feed(frame(OP_CONT, b"", length=401)) == [("error", 1009, "message too large")]
+    assert reader.feed(frame(OP_CONT, b"", length=401)) == [StreamFailed(1009, "message too large")]
 
 
 @pytest.mark.parametrize("wire", [
@@ -114,22 +122,22 @@ def test_oversized_fragmented_message_is_refused_at_the_fragment_that_crosses():
     frame(OP_CLOSE, struct.pack("!H", 1005)),
 ])
 def test_protocol_errors(wire):
-    assert client_reader().feed(wire) == [("error", 1002, "protocol error")]
+    assert client_reader().feed(wire) == [StreamFailed(1002, "protocol error")]
 
 
 def test_server_leg_must_not_mask():
     reader = MessageReader(masked=False, max_message=1 << 20)
-    assert reader.feed(frame(OP_TEXT, b"{}", masked=False)) == [(OP_TEXT, "{}")]
-    assert MessageReader(masked=False, max_message=99).feed(frame(OP_TEXT, b"{}")) == [("error", 1002, "protocol error")]
+    assert reader.feed(frame(OP_TEXT, b"{}", masked=False)) == [TextMessage("{}")]
+    assert MessageReader(masked=False, max_message=99).feed(frame(OP_TEXT, b"{}")) == [StreamFailed(1002, "protocol error")]
 
 
 def test_close_ends_the_stream():
     reader = client_reader()
     wire = frame(OP_CLOSE, struct.pack("!H", 4001) + "bye ✓".encode()) + frame(OP_TEXT, b"late")
-    assert reader.feed(wire) == [(OP_CLOSE, 4001, "bye ✓")]
+    assert reader.feed(wire) == [PeerClosed(4001, "bye ✓")]
     assert reader.feed(frame(OP_TEXT, b"later")) == []
-    assert client_reader().feed(frame(OP_CLOSE)) == [(OP_CLOSE, None, "")]
-    assert client_reader().feed(frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xff")) == [("error", 1007, "invalid UTF-8")]
+    assert client_reader().feed(frame(OP_CLOSE)) == [PeerClosed(None, "")]
+    assert client_reader().feed(frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xff")) == [StreamFailed(1007, "invalid UTF-8")]
 
 
 @given(st.lists(st.tuples(st.sampled_from([OP_TEXT, OP_BINARY]), st.text(max_size=300)), max_size=8),
@@ -141,9 +149,9 @@ def test_any_chunking_of_any_messages(messages, chunks):
         data = text.encode()
         half = len(data) // 2
         wire += frame(op, data[:half], fin=False) + frame(OP_CONT, data[half:])
-        want.append((op, text if op == OP_TEXT else data))
+        want.append(TextMessage(text) if op == OP_TEXT else BinaryMessage(data))
     reader = client_reader()
-    got: list[tuple] = []
+    got: list[Message] = []
     pos = 0
     i = 0
     while pos < len(wire):

@@ -2,8 +2,9 @@
 
 The splice parses only headers and treats payloads as opaque bytes: text payloads are never
 UTF-8 validated there (the endpoints do that, and the gateway must not pay for it per frame).
-The translator reads complete messages with `MessageReader`, which decodes (and so validates)
-text, because its core needs the JSON.
+Reading frames out of a byte stream is `frameparser.FrameParser` (both splice directions);
+the translator reads complete messages with `messages.MessageReader`, which decodes (and so
+validates) text, because its core needs the JSON.
 Close *reasons* are sanitized (`safe_reason`) only when the gateway re-emits them.
 """
 
@@ -24,7 +25,7 @@ __all__ = [
     "parse_client_data_header", "parse_server_data_header", "build_masked_header",
     "xor_mask", "xor_mask32", "xor_mask_at", "MaskKeys", "parse_close_payload", "build_close_payload",
     "CloseFrameError", "is_valid_wire_close_code", "map_close_code", "safe_reason",
-    "MAX_CONTROL_PAYLOAD", "MessageReader",
+    "MAX_CONTROL_PAYLOAD",
 ]
 
 OP_CONT = 0x0
@@ -307,134 +308,3 @@ def build_close_payload(code: int | None, reason: str | bytes = "") -> bytes:
     assert len(text) <= MAX_REASON_BYTES
     return code.to_bytes(2, "big") + text
 
-
-class MessageReader:
-    """Complete messages out of one leg's byte stream, for the translator (sans-IO).
-
-    `feed(bytes)` returns events in arrival order: `(OP_TEXT, str)`, `(OP_BINARY, bytes)`,
-    `(OP_PING, payload)`, `(OP_CLOSE, code | None, reason)`, or `("error", code, reason)` for
-    a stream that cannot go on (1002 protocol error, 1007 invalid UTF-8 in a text message or
-    close reason, 1009 a message over `max_message`, refused from its frame header so it is
-    never buffered). After a close or an error it returns nothing more. Pongs are dropped.
-    `masked` is what the peer must do (True for a client leg)."""
-
-    __slots__ = ("masked", "max_message", "buf", "parts", "msg_op", "msg_size", "done")
-
-    def __init__(self, *, masked: bool, max_message: int) -> None:
-        self.masked = masked
-        self.max_message = max_message
-        self.buf = bytearray()
-        self.parts: list[bytes] = []
-        self.msg_op: int | None = None
-        self.msg_size = 0
-        self.done = False
-
-    def _fail(self, events: list[tuple], code: int, reason: str) -> list[tuple]:
-        self.done = True
-        self.buf = bytearray()
-        self.parts = []
-        events.append(("error", code, reason))
-        return events
-
-    def feed(self, data: bytes | bytearray) -> list[tuple]:
-        if self.done:
-            return []
-        buf = self.buf
-        if buf:
-            buf += data
-            work: bytes | bytearray = buf
-        else:
-            work = data
-        events: list[tuple] = []
-        masked = self.masked
-        pos = 0
-        end = len(work)
-        key = 0
-        while pos < end:
-            if masked:
-                fast = parse_client_data_header(work, pos)
-                if fast is not None:
-                    b0, ln, size, key = fast
-            else:
-                fast = parse_server_data_header(work, pos)  # type: ignore[assignment]
-                if fast is not None:
-                    b0, ln, size = fast[0], fast[1], fast[2]
-            if fast is not None:
-                op = b0 & 0x0F
-                fin = b0 & 0x80
-            else:
-                h = parse_header(work, pos)
-                if h is None:
-                    break
-                if header_error(h, masked=masked) is not None:
-                    return self._fail(events, 1002, "protocol error")
-                op, ln, size, fin = h.opcode, h.length, h.size, h.fin
-                if masked:
-                    key = int.from_bytes(h.mask, "little")  # type: ignore[arg-type]
-            start = pos + size
-            fend = start + ln
-            if op < 8:
-                if op == OP_CONT:
-                    if self.msg_op is None:
-                        return self._fail(events, 1002, "protocol error")
-                    total = self.msg_size + ln
-                else:
-                    if self.msg_op is not None:
-                        return self._fail(events, 1002, "protocol error")
-                    total = ln
-                if total > self.max_message:
-                    return self._fail(events, 1009, "message too large")
-                if fend > end:
-                    break
-                if not ln:
-                    payload = b""
-                elif masked:
-                    payload = xor_mask_at(work, start, fend, key)
-                else:
-                    payload = bytes(work[start:fend])
-                pos = fend
-                if fin:
-                    mop = self.msg_op if op == OP_CONT else op
-                    if self.parts:
-                        self.parts.append(payload)
-                        payload = b"".join(self.parts)
-                        self.parts = []
-                    self.msg_op = None
-                    self.msg_size = 0
-                    if mop == OP_TEXT:
-                        try:
-                            events.append((OP_TEXT, payload.decode()))
-                        except UnicodeDecodeError:
-                            return self._fail(events, 1007, "invalid UTF-8")
-                    else:
-                        events.append((OP_BINARY, payload))
-                else:
-                    if op != OP_CONT:
-                        self.msg_op = op
-                    self.msg_size = total
-                    self.parts.append(payload)
-                continue
-            if fend > end:
-                break
-            payload = xor_mask_at(work, start, fend, key) if masked else bytes(work[start:fend])
-            pos = fend
-            if op == OP_PING:
-                events.append((OP_PING, payload))
-            elif op == OP_CLOSE:
-                try:
-                    code, reason = parse_close_payload(payload)
-                except CloseFrameError:
-                    return self._fail(events, 1002, "protocol error")
-                try:
-                    text = reason.decode()
-                except UnicodeDecodeError:
-                    return self._fail(events, 1007, "invalid UTF-8")
-                self.done = True
-                self.buf = bytearray()
-                events.append((OP_CLOSE, code, text))
-                return events
-        if work is buf:
-            del buf[:pos]
-        elif pos < end:
-            self.buf = bytearray(memoryview(work)[pos:])
-        return events

@@ -2,7 +2,7 @@
 
 The core (`translator.Translator`) decides everything; this module feeds it events in arrival
 order and performs the actions it returns. Both legs are data-plane conns (`dataplane.py`): a
-read is cut into complete messages by `frames.MessageReader` (UTF-8 checked for text, size
+read is cut into complete messages by `messages.MessageReader` (UTF-8 checked for text, size
 refused from the frame header), each message goes through the core synchronously inside the
 readiness loop, and the frames the core produces are written at once (or queued per socket).
 No task wake-up, no WebSocket library call per message; wsproto only does the two handshakes.
@@ -30,16 +30,21 @@ from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.frames import (
     OP_BINARY,
     OP_CLOSE,
-    OP_PING,
     OP_PONG,
     OP_TEXT,
     MaskKeys,
-    MessageReader,
     build_close_payload,
     build_frame,
 )
 from voxgate.workers.handshake import open_upstream
 from voxgate.workers.legs import Leg, LegPair
+from voxgate.workers.messages import (
+    BinaryMessage,
+    MessageReader,
+    PeerClosed,
+    Ping,
+    TextMessage,
+)
 from voxgate.workers.openai import upstream
 from voxgate.workers.openai.actions import (
     Action,
@@ -406,26 +411,25 @@ class TranslatorSession(LegPair):
         core = self.core
         self.last_client_activity = trio.current_time()
         for event in events:
-            op = event[0]
-            if op == OP_BINARY:
-                self.audio_in += len(event[1])
-                feed(core.client_message, event[1])
-            elif op == OP_TEXT:
-                feed(core.client_message, event[1])
+            kind = type(event)
+            if kind is BinaryMessage:
+                self.audio_in += len(event.data)
+                feed(core.client_message, event.data)
+            elif kind is TextMessage:
+                feed(core.client_message, event.text)
                 self._sync_rates()
-            elif op == OP_PING:
+            elif kind is Ping:
                 if not c.out_closed:
-                    c.conn.write(build_frame(OP_PONG, event[1]))  # type: ignore[union-attr]
-            elif op == OP_CLOSE:
-                code, reason = event[1], event[2]
+                    c.conn.write(build_frame(OP_PONG, event.payload))  # type: ignore[union-attr]
+            elif kind is PeerClosed:
                 c.in_closed = True
-                self.session.summary["client_code"] = code
+                self.session.summary["client_code"] = event.code
                 if not c.out_closed:
-                    self._close_leg(c, code, "")  # echo the client's code (RFC 6455 §5.5.1)
-                feed(core.client_closed, code, reason)
+                    self._close_leg(c, event.code, "")  # echo the client's code (RFC 6455 §5.5.1)
+                feed(core.client_closed, event.code, event.reason)
                 self.done.set()
-            else:  # ("error", code, reason): this stream cannot be parsed any more
-                code, reason = event[1], event[2]
+            else:  # StreamFailed: this stream cannot be parsed any more
+                code, reason = event.code, event.reason
                 if code == 1009:
                     # Refused from its frame header: the payload is never read, not even to
                     # drain it (issue 16 §6); TCP is closed once our close frame is out.
@@ -468,26 +472,26 @@ class TranslatorSession(LegPair):
         feed = self.feed
         core = self.core
         for event in events:
-            op = event[0]
-            if op == OP_TEXT or op == OP_BINARY:
-                feed(core.upstream_message, event[1])
-            elif op == OP_PING:
+            kind = type(event)
+            if kind is TextMessage:
+                feed(core.upstream_message, event.text)
+            elif kind is BinaryMessage:
+                feed(core.upstream_message, event.data)
+            elif kind is Ping:
                 if not up.out_closed:
-                    up.conn.write(build_frame(OP_PONG, event[1], keys=self.keys))  # type: ignore[union-attr]
-            elif op == OP_CLOSE:
-                code, reason = event[1], event[2]
+                    up.conn.write(build_frame(OP_PONG, event.payload, keys=self.keys))  # type: ignore[union-attr]
+            elif kind is PeerClosed:
                 up.in_closed = True
-                self.session.summary["upstream_code"] = code
+                self.session.summary["upstream_code"] = event.code
                 if not up.out_closed:
-                    self._close_leg(up, code, "")
-                feed(core.upstream_closed, code, reason)
+                    self._close_leg(up, event.code, "")
+                feed(core.upstream_closed, event.code, event.reason)
                 self.done.set()
-            else:
-                code, reason = event[1], event[2]
-                self.session.summary["upstream_code"] = code
-                self._close_leg(up, code, reason)
+            else:  # StreamFailed
+                self.session.summary["upstream_code"] = event.code
+                self._close_leg(up, event.code, event.reason)
                 self._drain(up)
-                feed(core.upstream_closed, code, "")
+                feed(core.upstream_closed, event.code, "")
                 self.done.set()
         if self.done.is_set():
             self._flow()
