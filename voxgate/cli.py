@@ -26,7 +26,8 @@ from voxgate.config import (
     read_key_file,
 )
 from voxgate.policy import load_policy
-from voxgate.supervisor.routing import Router, check_proxy_path
+from voxgate.routes import check_proxy_path
+from voxgate.supervisor.routing import Router
 
 
 class StartupError(Exception):

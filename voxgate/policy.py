@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from voxgate.config import OPENAI, ConfigError, valid_label
-from voxgate.supervisor.routing import provider_paths
+from voxgate.routes import provider_paths
 
 PATHS = provider_paths(OPENAI)  # every OpenAI path -> its route kind
 STRING_FIELDS = ("instructions", "instructions_prefix", "voice")

@@ -7,14 +7,8 @@ import pytest
 
 from tests.support.gateway import base_env, run_cli
 from voxgate.config import DEEPGRAM, OPENAI
-from voxgate.supervisor.routing import (
-    RESERVED_PATHS,
-    ROUTE_TABLE,
-    SUPERVISOR_PATHS,
-    Route,
-    Router,
-    kinds,
-)
+from voxgate.routes import RESERVED_PATHS, ROUTE_TABLE, SUPERVISOR_PATHS, Route, kinds
+from voxgate.supervisor.routing import Router
 
 
 def test_every_route_kind_has_a_handler_in_its_worker():

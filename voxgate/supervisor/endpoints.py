@@ -2,7 +2,7 @@
 client secrets, the sessions and usage admin API, CORS preflights and the demo page.
 
 One function per endpoint, each `(supervisor, request) -> response bytes`. `ENDPOINTS` maps
-every endpoint name of the route table (routing.SUPERVISOR_PATHS and SUPERVISOR_PREFIXES) to its
+every endpoint name of the route table (routes.SUPERVISOR_PATHS and SUPERVISOR_PREFIXES) to its
 handler and methods; `answer` is the whole dispatch. The arbiter (server.py) only calls `answer`
 for a request no worker serves.
 """
@@ -20,11 +20,12 @@ import orjson
 import trio
 
 from voxgate.config import KEY_VARS, PROVIDERS, valid_label
+from voxgate.routes import SUPERVISOR_PATHS
 from voxgate.supervisor import metrics
 from voxgate.supervisor.admission import TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX, Budget, mint_token
 from voxgate.supervisor.http import Head, response
 from voxgate.supervisor.page import PAGE_HEADERS, REFUSAL_PATH
-from voxgate.supervisor.routing import SUPERVISOR_PATHS, supervisor_endpoint
+from voxgate.supervisor.routing import supervisor_endpoint
 from voxgate.supervisor.sessions import entry_matches, parse_filters
 from voxgate.supervisor.store import token_id
 

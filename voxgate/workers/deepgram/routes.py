@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from voxgate.config import DEEPGRAM
-from voxgate.supervisor.routing import kinds
+from voxgate.routes import kinds
 from voxgate.workers.deepgram.upstream import profile_for
 from voxgate.workers.passthrough import run_passthrough
 from voxgate.workers.runtime import Handler, Session

@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 
 from voxgate.config import DEEPGRAM, Config
-from voxgate.supervisor.routing import provider_paths
+from voxgate.routes import provider_paths
 from voxgate.workers.deepgram.audio_done import SyntheticAgentAudioDone
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.limits import limit_for
