@@ -20,10 +20,11 @@ import orjson
 import trio
 
 from voxgate.config import KEY_VARS, PROVIDERS, valid_label
+from voxgate.http_response import response
 from voxgate.routes import SUPERVISOR_PATHS
 from voxgate.supervisor import metrics
 from voxgate.supervisor.admission import TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX, Budget, mint_token
-from voxgate.supervisor.http import Head, response
+from voxgate.supervisor.http import Head
 from voxgate.supervisor.page import PAGE_HEADERS, REFUSAL_PATH
 from voxgate.supervisor.routing import supervisor_endpoint
 from voxgate.supervisor.sessions import entry_matches, parse_filters

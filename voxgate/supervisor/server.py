@@ -23,10 +23,11 @@ import trio
 
 from voxgate.config import KEY_VARS, Config
 from voxgate.control import ChannelClosed
+from voxgate.http_response import response
 from voxgate.logs import EventLog
 from voxgate.supervisor import endpoints
 from voxgate.supervisor.admission import Admission, AdmissionConfig, Budget, TokenInfo
-from voxgate.supervisor.http import Head, HeadError, read_head, response
+from voxgate.supervisor.http import Head, HeadError, read_head
 from voxgate.supervisor.metrics import Metrics
 from voxgate.supervisor.page import Refusals, load_page
 from voxgate.supervisor.routing import Route, Router, first_value, split_target

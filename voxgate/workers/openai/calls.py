@@ -32,8 +32,8 @@ import h11
 import orjson
 import trio
 
+from voxgate.http_response import response
 from voxgate.policy import apply_policy, rules_for
-from voxgate.supervisor.http import response
 from voxgate.workers.keyscrub import KeyScrubber
 from voxgate.workers.openai import upstream
 from voxgate.workers.openai.upstream_map import redact
