@@ -24,10 +24,6 @@ NO_KEY_MESSAGE = (
 )
 WORKER_CONFIG_ENV = "VOXGATE_WORKER_CONFIG"
 SECRET_FIELDS = ("openai_key", "deepgram_key", "client_tokens", "token_secret", "admin_token", "redis_url")
-RESERVED_PATHS = (
-    "/openai", "/healthz", "/health", "/readyz", "/ready", "/metrics", "/v1/tokens", "/v1/sessions",
-    "/v1/realtime/client_secrets",
-)
 LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.@-")
 
 
@@ -80,18 +76,6 @@ def check_ws_url(name: str, value: str) -> str:
     except ValueError:
         raise ConfigError(f"{name} has an invalid port: {value!r}") from None
     return value.rstrip("/") if parts.path in ("", "/") else value
-
-
-def check_proxy_path(path: str) -> str:
-    """P27: PROXY_PATH starts with '/', and never shadows /openai or a supervisor route."""
-    if not path.startswith("/") or len(path) < 2:
-        raise ConfigError(f"PROXY_PATH must start with '/' and name a path, got {path!r}")
-    if any(c in path for c in "?# \t") or path.endswith("/"):
-        raise ConfigError(f"PROXY_PATH must be a plain path without query or trailing '/', got {path!r}")
-    for reserved in RESERVED_PATHS:
-        if path == reserved or path.startswith(reserved + "/") or reserved.startswith(path + "/"):
-            raise ConfigError(f"PROXY_PATH {path!r} would shadow the gateway route {reserved!r}")
-    return path
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,31 @@ from typing import Any
 
 import orjson
 
-from voxgate.config import ConfigError, valid_label
+from voxgate.config import OPENAI, ConfigError, valid_label
+from voxgate.routes import provider_paths
 
-PATHS = {
-    "/openai": "translate", "/openai/v1/agent/converse": "translate", "/openai/v1/realtime": "realtime",
-    "/openai/v1/realtime/calls": "calls",
-}
+PATHS = provider_paths(OPENAI)  # every OpenAI path -> its route kind
 STRING_FIELDS = ("instructions", "instructions_prefix", "voice")
 LIST_FIELDS = ("models", "tools")
 FIELDS = (*STRING_FIELDS, *LIST_FIELDS, "max_output_tokens")
 MAX_FILE_BYTES = 1 << 20
+
+
+def _check_field(where: str, key: str, value: Any) -> Any:
+    """One rule's value, checked; raises ConfigError naming the field."""
+    if key in STRING_FIELDS:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"session policy {where}.{key}: expected a non-empty string")
+        return value
+    if key in LIST_FIELDS:
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"session policy {where}.{key}: expected a non-empty list of strings")
+        return list(value)
+    if key == "max_output_tokens":
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"session policy {where}.max_output_tokens: expected a positive integer")
+        return value
+    raise ConfigError(f"session policy {where}: unknown field {str(key)[:40]!r} (known: {', '.join(FIELDS)})")
 
 
 def _check_rules(where: str, rules: Any, *, allow_labels: bool) -> dict[str, Any]:
@@ -47,20 +62,8 @@ def _check_rules(where: str, rules: Any, *, allow_labels: bool) -> dict[str, Any
             if not isinstance(value, dict) or not all(valid_label(k) for k in value):
                 raise ConfigError(f"session policy {where}.labels: expected token labels as keys")
             out["labels"] = {k: _check_rules(f"{where}.labels.{k}", v, allow_labels=False) for k, v in value.items()}
-        elif key in STRING_FIELDS:
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"session policy {where}.{key}: expected a non-empty string")
-            out[key] = value
-        elif key in LIST_FIELDS:
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"session policy {where}.{key}: expected a non-empty list of strings")
-            out[key] = list(value)
-        elif key == "max_output_tokens":
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"session policy {where}.max_output_tokens: expected a positive integer")
-            out[key] = value
         else:
-            raise ConfigError(f"session policy {where}: unknown field {str(key)[:40]!r} (known: {', '.join(FIELDS)})")
+            out[key] = _check_field(where, key, value)
     if "instructions" in out and "instructions_prefix" in out:
         raise ConfigError(f"session policy {where}: use instructions or instructions_prefix, not both")
     return out
@@ -130,11 +133,7 @@ def _tool_name(tool: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def apply_policy(session: dict[str, Any], rules: dict[str, Any]) -> list[str]:
-    """Pin `rules` into a Realtime `session` object in place (GA shape, plus the beta
-    `voice`/`max_response_output_tokens` when present); returns the fields the client had
-    set to something else."""
-    changed: list[str] = []
+def _pin_instructions(session: dict[str, Any], rules: dict[str, Any], changed: list[str]) -> None:
     pinned = rules.get("instructions")
     if pinned is not None:
         if session.get("instructions") not in (None, "", pinned):
@@ -145,6 +144,9 @@ def apply_policy(session: dict[str, Any], rules: dict[str, Any]) -> list[str]:
         text = session["instructions"] if isinstance(session["instructions"], str) else ""
         if not text.startswith(prefix):
             session["instructions"] = f"{prefix}\n\n{text}" if text else prefix
+
+
+def _pin_model_and_tools(session: dict[str, Any], rules: dict[str, Any], changed: list[str]) -> None:
     models = rules.get("models")
     if models and "model" in session and session["model"] not in models:
         changed.append("model")
@@ -155,28 +157,45 @@ def apply_policy(session: dict[str, Any], rules: dict[str, Any]) -> list[str]:
         if len(kept) != len(session["tools"]):
             changed.append("tools")
             session["tools"] = kept
+
+
+def _pin_output_tokens(session: dict[str, Any], rules: dict[str, Any], changed: list[str]) -> None:
     cap = rules.get("max_output_tokens")
-    if cap is not None:
-        key = "max_response_output_tokens" if "max_response_output_tokens" in session else "max_output_tokens"
-        value = session.get(key)
-        if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= cap):
-            if value is not None:
-                changed.append("max_output_tokens")
-            session[key] = cap
+    if cap is None:
+        return
+    key = "max_response_output_tokens" if "max_response_output_tokens" in session else "max_output_tokens"
+    value = session.get(key)
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= cap):
+        if value is not None:
+            changed.append("max_output_tokens")
+        session[key] = cap
+
+
+def _pin_voice(session: dict[str, Any], rules: dict[str, Any], changed: list[str]) -> None:
     voice = rules.get("voice")
-    if voice is not None:
-        if "voice" in session:  # beta shape
-            if session["voice"] != voice:
-                changed.append("voice")
-            session["voice"] = voice
-        else:
-            audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
-            output = audio.get("output") if isinstance(audio.get("output"), dict) else {}
-            if output.get("voice") not in (None, voice):
-                changed.append("voice")
-            output["voice"] = voice
-            audio["output"] = output
-            session["audio"] = audio
+    if voice is None:
+        return
+    if "voice" in session:  # beta shape
+        if session["voice"] != voice:
+            changed.append("voice")
+        session["voice"] = voice
+        return
+    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
+    output = audio.get("output") if isinstance(audio.get("output"), dict) else {}
+    if output.get("voice") not in (None, voice):
+        changed.append("voice")
+    output["voice"] = voice
+    audio["output"] = output
+    session["audio"] = audio
+
+
+def apply_policy(session: dict[str, Any], rules: dict[str, Any]) -> list[str]:
+    """Pin `rules` into a Realtime `session` object in place (GA shape, plus the beta
+    `voice`/`max_response_output_tokens` when present); returns the fields the client had
+    set to something else."""
+    changed: list[str] = []
+    for pin in (_pin_instructions, _pin_model_and_tools, _pin_output_tokens, _pin_voice):
+        pin(session, rules, changed)
     return changed
 
 

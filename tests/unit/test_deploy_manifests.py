@@ -15,7 +15,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 
 from voxgate import cli as voxgate_cli  # noqa: E402
-from voxgate.config import RESERVED_PATHS  # noqa: E402
+from voxgate.routes import RESERVED_PATHS  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "kubernetes"

@@ -7,6 +7,7 @@ the machine's speed cancels out; absolute limits are the ones issue 7 states.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from voxgate.bench.runner import FULL, Scenario
@@ -65,50 +66,60 @@ def derive(target: str, res: dict) -> dict:
     return out
 
 
+def _target_names(runs: list[dict], key: str) -> list[str]:
+    """Every target any run measured in one scenario, in first-seen order."""
+    names: list[str] = []
+    for run in runs:
+        for name in run.get(key, {}):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _merge(key: str, values: list[Any]) -> Any:
+    """One number over runs: errors add up, samples are pooled, the rest is a median."""
+    if key == "errors":
+        return sum(v or 0 for v in values)
+    if key == "error_samples":
+        return [s for v in values for s in (v or [])][:10]
+    if key in DICTS:
+        labels = {lbl for v in values if v for lbl in v}
+        return {lbl: _median([v.get(lbl) for v in values if v]) for lbl in sorted(labels)}
+    return _median(values)
+
+
+def _medians(name: str, runs: list[dict], key: str) -> dict[str, Any]:
+    """One target's derived numbers, merged over the runs that measured it."""
+    per_run = [derive(name, run[key][name]) for run in runs if name in run.get(key, {})]
+    merged: dict[str, Any] = {"runs": len(per_run)}
+    for metric in sorted({k for r in per_run for k in r}):
+        merged[metric] = _merge(metric, [r.get(metric) for r in per_run])
+    return merged
+
+
+def _add_over_direct(targets: dict[str, dict]) -> None:
+    """`added_p50_ms`/`added_p99_ms`: each target's latency over the direct connection's."""
+    direct = targets.get("direct", {})
+    for name, t in targets.items():
+        if name == "direct":
+            continue
+        for metric in ("p50_ms", "p99_ms"):
+            if t.get(metric) is not None and direct.get(metric) is not None:
+                t["added_" + metric] = round(t[metric] - direct[metric], 4)
+
+
 def aggregate(runs: list[dict], scenarios: list[Scenario]) -> dict:
     """{scenario: {"targets": {target: medians}}} plus headline numbers per scenario."""
     out: dict[str, dict] = {}
     for sc in scenarios:
-        targets: dict[str, dict] = {}
-        names: list[str] = []
-        for run in runs:
-            for name in run.get(sc.key, {}):
-                if name not in names:
-                    names.append(name)
-        for name in names:
-            per_run = [derive(name, run[sc.key][name]) for run in runs if name in run.get(sc.key, {})]
-            merged: dict[str, Any] = {"runs": len(per_run)}
-            keys = {k for r in per_run for k in r}
-            for key in sorted(keys):
-                values = [r.get(key) for r in per_run]
-                if key == "errors":
-                    merged[key] = sum(v or 0 for v in values)
-                elif key == "error_samples":
-                    merged[key] = [s for v in values for s in (v or [])][:10]
-                elif key in DICTS:
-                    labels = {lbl for v in values if v for lbl in v}
-                    merged[key] = {lbl: _median([v.get(lbl) for v in values if v]) for lbl in sorted(labels)}
-                else:
-                    merged[key] = _median(values)
-            targets[name] = merged
-        direct = targets.get("direct", {})
-        for name, t in targets.items():
-            if name == "direct":
-                continue
-            for metric in ("p50_ms", "p99_ms"):
-                if t.get(metric) is not None and direct.get(metric) is not None:
-                    t["added_" + metric] = round(t[metric] - direct[metric], 4)
+        targets = {name: _medians(name, runs, sc.key) for name in _target_names(runs, sc.key)}
+        _add_over_direct(targets)
         head = targets.get("voxgate", {})
         out[sc.key] = {
             "title": sc.title,
             "params": sc.params(),
-            "p50_ms": head.get("p50_ms"),
-            "p90_ms": head.get("p90_ms"),
-            "p99_ms": head.get("p99_ms"),
-            "max_ms": head.get("max_ms"),
-            "msgs_per_s": head.get("msgs_per_s"),
-            "errors": head.get("errors"),
-            "added_p50_ms": head.get("added_p50_ms"),
+            **{k: head.get(k) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "msgs_per_s", "errors",
+                                        "added_p50_ms")},
             "targets": targets,
         }
     return out
@@ -123,6 +134,76 @@ def _t(sc: dict | None, target: str) -> dict:
 
 def _verdict(ok: bool | None) -> str:
     return "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+
+
+Add = Callable[..., None]  # add(name, scenario key, ok, value, limit, note="")
+
+
+def _pingpong_and_realtime(results: dict, add: Add) -> None:
+    added = _t(results.get("pingpong"), "voxgate").get("added_p50_ms")
+    add("ping-pong added p50 over direct", "pingpong", None if added is None else added <= 0.1,
+        None if added is None else f"{added * 1000:.0f} us", "<= 100 us")
+    rt = results.get("realtime200")
+    v = _t(rt, "voxgate")
+    add("realtime 200: no errors", "realtime200", v.get("errors") == 0 if v else None, v.get("errors"), "0")
+    add("realtime 200: p99 RTT", "realtime200", None if v.get("p99_ms") is None else v["p99_ms"] <= 10.0,
+        None if v.get("p99_ms") is None else f"{v['p99_ms']:.2f} ms", "<= 10 ms")
+    node = _t(rt, "node")
+    if v.get("relay_cpu_s") is not None and node.get("relay_cpu_s") is not None:
+        add("realtime 200: gateway CPU below Node's", "realtime200", v["relay_cpu_s"] < node["relay_cpu_s"],
+            f"{v['relay_cpu_s']} s vs {node['relay_cpu_s']} s", "< node")
+    else:
+        add("realtime 200: gateway CPU below Node's", "realtime200", None, None, "< node", "node peer not run")
+
+
+def _throughput(results: dict, add: Add) -> None:
+    tp = results.get("throughput")
+    v, node = _t(tp, "voxgate"), _t(tp, "node")
+    if v.get("msgs_per_s") is not None and node.get("msgs_per_s") is not None:
+        add("throughput >= Node relay", "throughput", v["msgs_per_s"] >= node["msgs_per_s"],
+            f"{v['msgs_per_s']:.0f} vs {node['msgs_per_s']:.0f} msgs/s", ">= node")
+    else:
+        add("throughput >= Node relay", "throughput", None, None, ">= node", "node peer not run")
+
+
+def _translator(results: dict, add: Add) -> None:
+    for key, name, limit_ms in (("translator", "translator 100: p99 RTT, no errors", 20.0),
+                                ("translator200", "translator 200: every frame answered, p99 RTT", 50.0)):
+        v = _t(results.get(key), "voxgate")
+        ok = None if v.get("p99_ms") is None else (v["p99_ms"] <= limit_ms and v.get("errors") == 0)
+        shown = "-" if v.get("p99_ms") is None else f"p99 {v['p99_ms']:.2f} ms, errors {v.get('errors')}"
+        add(name, key, ok, shown, f"<= {limit_ms:.0f} ms, 0 errors")
+
+
+def _idle_and_setup(results: dict, add: Add) -> None:
+    v = _t(results.get("idle"), "voxgate")
+    per = v.get("relay_kib_per_session")
+    ok = None if per is None else (per <= 64.0 and v.get("errors") == 0 and v.get("ready") == v.get("sessions"))
+    add(f"idle {v.get('sessions')} sessions on one worker", "idle", ok, None if per is None else f"{per:.1f} KiB/session",
+        "<= 64 KiB each")
+    st = results.get("setup")
+    v, d = _t(st, "voxgate"), _t(st, "direct")
+    if v.get("p50_ms") is not None and d.get("p50_ms") is not None:
+        add("setup: first upstream byte p50", "setup", v["p50_ms"] <= d["p50_ms"] + 1.0,
+            f"{v['p50_ms']:.3f} ms vs direct {d['p50_ms']:.3f} ms", "<= direct + 1 ms")
+
+
+def _supervisor_share(results: dict, add: Add) -> None:
+    """The supervisor's CPU against the workers': it is out of the data path (but pumps wss)."""
+    checks = [("wss", "voxgate_wss", "wss: supervisor CPU < 2% of workers' (it terminates TLS)",
+               "the supervisor pumps every wss byte over a socket pair")]
+    checks += [(key, "voxgate", f"supervisor CPU < 2% of workers' ({key})", "CPU ticks are 10 ms: short windows are coarse")
+               for key in ("realtime200", "throughput")]
+    for key, target, name, note in checks:
+        v = _t(results.get(key), target)
+        sup, workers = v.get("supervisor_cpu_s"), v.get("workers_cpu_s")
+        if sup is None or not workers:
+            continue
+        add(name, key, sup < 0.02 * workers, f"{sup:.2f} s vs {workers:.2f} s ({100 * sup / workers:.1f} %)", "< 2 %",
+            note)
+
+
+CHECKS = (_pingpong_and_realtime, _throughput, _translator, _idle_and_setup, _supervisor_share)
 
 
 def evaluate(results: dict, scenarios: list[Scenario], workers_per_provider: int) -> list[dict]:
@@ -143,71 +224,8 @@ def evaluate(results: dict, scenarios: list[Scenario], workers_per_provider: int
         out.append({"target": name, "scenario": key, "verdict": _verdict(ok), "value": value, "limit": limit,
                     "scaled": scaled(key) or (key == "idle" and workers_per_provider != 1), "note": note})
 
-    pp = results.get("pingpong")
-    added = _t(pp, "voxgate").get("added_p50_ms")
-    add("ping-pong added p50 over direct", "pingpong", None if added is None else added <= 0.1,
-        None if added is None else f"{added * 1000:.0f} us", "<= 100 us")
-
-    rt = results.get("realtime200")
-    v = _t(rt, "voxgate")
-    add("realtime 200: no errors", "realtime200", v.get("errors") == 0 if v else None, v.get("errors"), "0")
-    add("realtime 200: p99 RTT", "realtime200", None if v.get("p99_ms") is None else v["p99_ms"] <= 10.0,
-        None if v.get("p99_ms") is None else f"{v['p99_ms']:.2f} ms", "<= 10 ms")
-    node = _t(rt, "node")
-    if v.get("relay_cpu_s") is not None and node.get("relay_cpu_s") is not None:
-        add("realtime 200: gateway CPU below Node's", "realtime200", v["relay_cpu_s"] < node["relay_cpu_s"],
-            f"{v['relay_cpu_s']} s vs {node['relay_cpu_s']} s", "< node")
-    else:
-        add("realtime 200: gateway CPU below Node's", "realtime200", None, None, "< node", "node peer not run")
-
-    tp = results.get("throughput")
-    v, node = _t(tp, "voxgate"), _t(tp, "node")
-    if v.get("msgs_per_s") is not None and node.get("msgs_per_s") is not None:
-        add("throughput >= Node relay", "throughput", v["msgs_per_s"] >= node["msgs_per_s"],
-            f"{v['msgs_per_s']:.0f} vs {node['msgs_per_s']:.0f} msgs/s", ">= node")
-    else:
-        add("throughput >= Node relay", "throughput", None, None, ">= node", "node peer not run")
-
-    tr = results.get("translator")
-    v = _t(tr, "voxgate")
-    ok = None if v.get("p99_ms") is None else (v["p99_ms"] <= 20.0 and v.get("errors") == 0)
-    shown = "-" if v.get("p99_ms") is None else f"p99 {v['p99_ms']:.2f} ms, errors {v.get('errors')}"
-    add("translator 100: p99 RTT, no errors", "translator", ok, shown, "<= 20 ms, 0 errors")
-
-    tr = results.get("translator200")
-    v = _t(tr, "voxgate")
-    ok = None if v.get("p99_ms") is None else (v["p99_ms"] <= 50.0 and v.get("errors") == 0)
-    shown = "-" if v.get("p99_ms") is None else f"p99 {v['p99_ms']:.2f} ms, errors {v.get('errors')}"
-    add("translator 200: every frame answered, p99 RTT", "translator200", ok, shown, "<= 50 ms, 0 errors")
-
-    idle = results.get("idle")
-    v = _t(idle, "voxgate")
-    per = v.get("relay_kib_per_session")
-    ok = None if per is None else (per <= 64.0 and v.get("errors") == 0 and v.get("ready") == v.get("sessions"))
-    add(f"idle {v.get('sessions')} sessions on one worker", "idle", ok, None if per is None else f"{per:.1f} KiB/session",
-        "<= 64 KiB each")
-
-    st = results.get("setup")
-    v, d = _t(st, "voxgate"), _t(st, "direct")
-    if v.get("p50_ms") is not None and d.get("p50_ms") is not None:
-        add("setup: first upstream byte p50", "setup", v["p50_ms"] <= d["p50_ms"] + 1.0,
-            f"{v['p50_ms']:.3f} ms vs direct {d['p50_ms']:.3f} ms", "<= direct + 1 ms")
-
-    wss = _t(results.get("wss"), "voxgate_wss")
-    sup, workers = wss.get("supervisor_cpu_s"), wss.get("workers_cpu_s")
-    if sup is not None and workers:
-        add("wss: supervisor CPU < 2% of workers' (it terminates TLS)", "wss", sup < 0.02 * workers,
-            f"{sup:.2f} s vs {workers:.2f} s ({100 * sup / workers:.1f} %)", "< 2 %",
-            "the supervisor pumps every wss byte over a socket pair")
-
-    for key in ("realtime200", "throughput"):
-        v = _t(results.get(key), "voxgate")
-        sup, workers = v.get("supervisor_cpu_s"), v.get("workers_cpu_s")
-        if sup is None or not workers:
-            continue
-        add(f"supervisor CPU < 2% of workers' ({key})", key, sup < 0.02 * workers,
-            f"{sup:.2f} s vs {workers:.2f} s ({100 * sup / workers:.1f} %)", "< 2 %",
-            "CPU ticks are 10 ms: short windows are coarse")
+    for check in CHECKS:
+        check(results, add)
     return out
 
 

@@ -1,25 +1,15 @@
-"""Reading one bounded request head with h11, and writing small plain HTTP responses.
+"""Reading one bounded request head with h11 (responses: `voxgate/http_response.py`).
 
 The supervisor reads at most `max_bytes` of head within `timeout` seconds (slowloris): too
-large → 431, too slow → 408, malformed → 400. Responses are always `Connection: close`;
-every one carries the P25 security headers.
+large → 431, too slow → 408, malformed → 400.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
 import h11
-import orjson
 import trio
-
-SECURITY_HEADERS = (
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("X-XSS-Protection", "1; mode=block"),
-)
-HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 
 
 class HeadError(Exception):
@@ -138,31 +128,3 @@ async def _read_body(stream: trio.abc.ReceiveStream, conn: h11.Connection, raw: 
         else:
             raise HeadError(400, "connection closed during the request body")
     raise HeadError(400, "malformed request body")
-
-
-def response(
-    status: int,
-    body: bytes | str | dict | None = None,
-    *,
-    headers: list[tuple[str, str]] | None = None,
-    tls: bool = False,
-    content_type: str | None = None,
-) -> bytes:
-    """A complete `Connection: close` HTTP/1.1 response; dict bodies become JSON."""
-    default_type = "text/plain; charset=utf-8"
-    if isinstance(body, dict):
-        body = orjson.dumps(body)
-        default_type = "application/json; charset=utf-8"
-    elif isinstance(body, str):
-        body = body.encode()
-    elif body is None:
-        body = HTTPStatus(status).phrase.encode() if status >= 400 else b""
-    content_type = content_type or default_type
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
-    all_headers = list(SECURITY_HEADERS) + ([HSTS] if tls else [])
-    if status != 204:
-        all_headers += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    all_headers.append(("Connection", "close"))
-    all_headers += headers or []
-    lines += [f"{k}: {v}" for k, v in all_headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body if status != 204 else b"")

@@ -17,7 +17,7 @@ import orjson
 import redis
 import trio
 
-from voxgate.supervisor.admission import Rejection
+from voxgate.supervisor.admission import Budget, Rejection
 from voxgate.supervisor.sessions import SessionRef, Spent
 from voxgate.supervisor.store import REVOKED, LocalStore, Ticket, budget_rejection, token_id
 
@@ -95,6 +95,19 @@ return out
 """
 
 
+def _refusal(verdict: str, result: list[Any]) -> Rejection:
+    """The rejection the ADMIT script's verdict stands for."""
+    if verdict == "revoked":
+        return REVOKED
+    if verdict == "budget":
+        return budget_rejection(result[1])
+    if verdict == "ip_rate":
+        return Rejection(429, "ip_rate", "Too many new sessions from this address", retry_after=max(1, int(result[1])))
+    if verdict == "ip_sessions":
+        return Rejection(429, "ip_sessions", "Too many sessions from this address", retry_after=5)
+    return Rejection(503, "global_sessions", "The gateway is at its session limit", retry_after=5)
+
+
 class RedisStore(LocalStore):
     """Counts, registry, spending and revocations in Redis; this process's own view (the
     LocalStore it extends) answers while Redis is away with `--redis-failure open`."""
@@ -150,23 +163,27 @@ class RedisStore(LocalStore):
             return Rejection(503, "redis_unavailable", "Shared limits are unavailable, retry shortly", retry_after=2)
         return self.admit_locally(ticket, now)
 
-    async def _admit_shared(self, ticket: Ticket) -> Rejection | None:
+    def _admit_args(self, ticket: Ticket) -> list[Any]:
+        """The ADMIT script's arguments: caps, the token's budget, and the registry entry."""
         cfg = self.server.config
         token = ticket.token
-        budget = token.budget if token else None
+        budget = token.budget if token else Budget()
         ref = SessionRef(ticket.ip, ticket.route, ticket.provider, ticket.sid, origin=ticket.origin, token=token,
                          trace=ticket.trace, started_at=ticket.started_at)
         entry = orjson.dumps({**ref.describe(), "instance": self.instance}).decode()
-        args = [
+        return [
             int(time.time() * 1000), self.lease_ms, ticket.sid, self.instance, ticket.ip,
             cfg.max_sessions or 0, cfg.max_sessions_per_ip or 0, cfg.max_new_sessions_per_ip_per_minute or 0,
-            token.key if token else "", (budget.max_sessions or 0) if budget else 0,
+            token.key if token else "", budget.max_sessions or 0,
             "1" if cfg.on_session_limit == "replace-oldest" else "0",
-            "" if budget is None or budget.max_audio_seconds is None else budget.max_audio_seconds,
-            "" if budget is None or budget.max_tokens is None else budget.max_tokens,
+            "" if budget.max_audio_seconds is None else budget.max_audio_seconds,
+            "" if budget.max_tokens is None else budget.max_tokens,
             (token_id(token) or "") if token else "", entry,
         ]
-        if token is not None and self.is_revoked(token):
+
+    async def _admit_shared(self, ticket: Ticket) -> Rejection | None:
+        args = self._admit_args(ticket)
+        if ticket.token is not None and self.is_revoked(ticket.token):
             return REVOKED
         result = await self._call(lambda: self.script(args=args))
         verdict = result[0]
@@ -175,16 +192,7 @@ class RedisStore(LocalStore):
                 self.server.log.info("replacing sessions", sid=ticket.sid, replaced=len(result) - 1)
                 self._wake.set()
             return None
-        if verdict == "revoked":
-            return REVOKED
-        if verdict == "budget":
-            return budget_rejection(result[1])
-        if verdict == "ip_rate":
-            return Rejection(429, "ip_rate", "Too many new sessions from this address",
-                             retry_after=max(1, int(result[1])))
-        if verdict == "ip_sessions":
-            return Rejection(429, "ip_sessions", "Too many sessions from this address", retry_after=5)
-        return Rejection(503, "global_sessions", "The gateway is at its session limit", retry_after=5)
+        return _refusal(verdict, result)
 
     def ended(self, ref: SessionRef) -> None:
         self.released.append((ref.sid, ref.ip, ref.token.key if ref.token else None))

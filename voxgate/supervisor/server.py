@@ -1,5 +1,10 @@
-"""The supervisor: one listening port, a bounded request head per connection, then either a
-plain HTTP answer or a hand-off of the connected socket to a provider worker.
+"""The supervisor: the arbiter of one listening port, read top to bottom like gunicorn's.
+
+`run` starts the shared store, the worker pools (supervisor/workers.py: spawn, watch, restart)
+and the listener; then the signal loop: SIGHUP rolls the workers, SIGTERM or SIGINT drains
+(a second SIGINT halts at once). Per connection: a bounded request head, then either a plain
+HTTP answer (supervisor/endpoints.py) or admission and a hand-off of the connected socket to a
+provider worker. Last, the bookkeeping of live sessions (reports, budgets, stops).
 
 After a hand-off the supervisor closes its copy of the socket and is out of the data path:
 it never parses a WebSocket frame.
@@ -7,45 +12,31 @@ it never parses a WebSocket frame.
 
 from __future__ import annotations
 
-import hmac
 import signal
 import socket
 import ssl
-import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import trio
 
-from voxgate.config import KEY_VARS, Config, valid_label
+from voxgate.config import KEY_VARS, Config
 from voxgate.control import ChannelClosed
+from voxgate.http_response import response
 from voxgate.logs import EventLog
-from voxgate.supervisor import metrics
-from voxgate.supervisor.admission import (
-    TOKEN_TTL_DEFAULT,
-    TOKEN_TTL_MAX,
-    Admission,
-    AdmissionConfig,
-    Budget,
-    TokenInfo,
-    mint_token,
-)
-from voxgate.supervisor.http import Head, HeadError, read_head, response
+from voxgate.supervisor import endpoints
+from voxgate.supervisor.admission import Admission, AdmissionConfig, Budget, TokenInfo
+from voxgate.supervisor.http import Head, HeadError, read_head
 from voxgate.supervisor.metrics import Metrics
-from voxgate.supervisor.page import PAGE_HEADERS, REFUSAL_PATH, Refusals, load_page
-from voxgate.supervisor.routing import HTTP_ENDPOINTS, Route, Router, first_value, split_target
-from voxgate.supervisor.sessions import SessionRef, Spent, entry_matches, exhausted, parse_filters
-from voxgate.supervisor.store import LocalStore, Ticket, token_id
+from voxgate.supervisor.page import Refusals, load_page
+from voxgate.supervisor.routing import Route, Router, first_value, split_target
+from voxgate.supervisor.sessions import SessionRef, Spent, exhausted
+from voxgate.supervisor.store import LocalStore, Ticket
 from voxgate.supervisor.tlspump import pump_tls
 from voxgate.supervisor.workers import ProviderPool, Worker
 
 HANDOFF_ATTEMPTS = 3
-SESSIONS_PATH = "/v1/sessions"
-TOKENS_PATH = "/v1/tokens/"
-USAGE_PATH = "/v1/usage"
-CLIENT_SECRETS_PATH = "/v1/realtime/client_secrets"
-CLIENT_SECRET_TTL_DEFAULT = 600  # OpenAI's default for client secrets
 MAX_POST_BODY = 64 << 10
 """A POST body is read whole before the hand-off (token requests; WebRTC SDP offers, which
 with a session configuration run to a few KiB)."""
@@ -131,200 +122,80 @@ class Supervisor:
                        "draining", "admin_token", "budget", "redis_unavailable"):
             self.metrics.rejections.labels(reason)
 
-    # -- plain HTTP ---------------------------------------------------------------------
+    # -- start, signals, drain ------------------------------------------------------------
 
-    def readiness(self, only: str | None = None) -> tuple[int, dict[str, Any]]:
-        """`/readyz`: per provider enabled/ready/workers. 200 while at least one enabled
-        provider can serve, so one crash-looping provider does not take the healthy one out
-        of a load balancer (issue 16 §2); 503 when none can, or while draining.
-        `only` (`/readyz/<provider>`) answers for that provider alone."""
-        services: dict[str, Any] = {}
-        for provider, path in (("deepgram", self.config.proxy_path), ("openai", "/openai")):
-            pool = self.pools.get(provider)
-            if pool is None:
-                services[provider] = {
-                    "enabled": False, "path": None, "ready": False,
-                    "reason": f"{KEY_VARS[provider]} not set", "workers": [], "sessions": 0,
-                }
-                continue
-            workers = pool.snapshot()
-            services[provider] = {
-                "enabled": True, "path": path, "ready": bool(pool.ready_workers()), "workers": workers,
-                "sessions": sum(w["sessions"] for w in workers), "restarts": pool.restarts,
-            }
-        enabled = [name for name, svc in services.items() if svc["enabled"] and (only is None or name == only)]
-        down = [name for name in enabled if not services[name]["ready"]]
-        ok = not self.draining and len(down) < len(enabled)
-        if self.draining:
-            status = "draining"
-        else:
-            status = "ready" if not down else ("degraded" if ok else "not_ready")
-        body = {
-            "status": status, "ready": ok, "not_ready": down,
-            "port": self.port, "https": self.tls, "services": services, "store": self.store.readiness(),
-        }
-        return (200 if ok else 503), body
+    async def run(self, listeners: list[trio.SocketListener], task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.store.run)
+            for pool in self.pools.values():
+                nursery.start_soon(pool.run)
+            serve_scope = trio.CancelScope()
+            nursery.start_soon(self._serve, listeners, serve_scope)
+            task_status.started()
+            await self._signals(serve_scope, nursery.cancel_scope)
 
-    def cors_preflight(self, head: Head) -> bytes:
-        """P25: 204 with CORS headers for an allowed Origin, else 403."""
-        origin = head.header("origin")
-        if origin is None or not self.admission.origin_allowed(origin):
-            return response(403, "Origin not allowed", tls=self.tls)
-        headers = [
-            ("Access-Control-Allow-Origin", origin),
-            ("Access-Control-Allow-Credentials", "true"),
-            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-            ("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Trace-Id, X-Request-Id"),
-            ("Vary", "Origin"),
-        ]
-        return response(204, headers=headers, tls=self.tls)
+    async def _serve(self, listeners: list[trio.SocketListener], scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.serve_listeners(self.handle, listeners)
 
-    def admin_ok(self, head: Head) -> bool:
-        """The request carries the admin token as its bearer (compared in constant time)."""
-        admin = self.config.admin_token
-        auth = head.header("authorization") or ""
-        given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
-        if admin and hmac.compare_digest(given, admin.encode()):
-            return True
-        self.metrics.rejections.labels("admin_token").inc()
-        return False
+    async def _signals(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
+        """SIGHUP rolls the workers until SIGTERM/SIGINT starts the drain; a second SIGINT
+        during the drain halts at once."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            await self._until_stop(signals)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._drain, serve_scope, all_scope)
+                async for signum in signals:
+                    if signum == signal.SIGINT:
+                        self.halt(all_scope)
+                        return
 
-    def _unauthorized(self) -> bytes:
-        return response(401, {"error": "unauthorized", "message": "admin token required"}, tls=self.tls)
+    async def _until_stop(self, signals: AsyncIterator[int]) -> None:
+        """Serve SIGHUP (one roll at a time) until SIGTERM or SIGINT, which cancels a roll."""
+        async with trio.open_nursery() as rolls:
+            async for signum in signals:
+                if signum != signal.SIGHUP:
+                    self.log.info("shutting down", signal=signal.Signals(signum).name, grace=f"{self.config.grace:g}s")
+                    rolls.cancel_scope.cancel()
+                    return
+                if not self.rolling:
+                    rolls.start_soon(self.roll)
 
-    def _bad(self, message: str) -> bytes:
-        return response(400, {"error": "bad_request", "message": message}, tls=self.tls)
-
-    @staticmethod
-    def json_body(head: Head) -> dict | str:
-        """The request's JSON object body ({} when empty), or what is wrong with it."""
+    async def roll(self) -> None:
+        """Re-exec workers one at a time, without dropping the listener or live sessions."""
+        self.rolling = True
         try:
-            body = orjson.loads(head.body) if head.body.strip() else {}
-        except orjson.JSONDecodeError:
-            return "body must be JSON"
-        return body if isinstance(body, dict) else "body must be a JSON object"
+            self.log.info("rolling workers")
+            for provider, pool in self.pools.items():
+                replaced = await pool.roll()
+                self.log.info("workers rolled", provider=provider, replaced=replaced)
+        finally:
+            self.rolling = False
 
-    @staticmethod
-    def token_terms(body: dict) -> tuple[str | None, Budget] | str:
-        """A minting request's label and budget, or what is wrong with them."""
-        label = body.get("label")
-        if label is not None and not valid_label(label):
-            return "label must be 1-64 letters, digits or _.@-"
-        values: dict[str, float] = {}
-        for name, _ in Budget().items():
-            value = body.get(name)
-            if value is None:
-                continue
-            integral = name in ("max_sessions", "max_tokens")
-            kinds = int if integral else int | float
-            if not isinstance(value, kinds) or isinstance(value, bool) or value <= 0:
-                return f"{name} must be a positive {'integer' if integral else 'number'}"
-            values[name] = value
-        return label, Budget(**values)
+    async def _drain(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
+        # The listener stays open while sessions drain: /readyz answers 503 so a load
+        # balancer stops sending, and new upgrades get 503 + Retry-After.
+        self.draining = True
+        for pool in self.pools.values():
+            await pool.drain(self.config.grace)
+        with trio.move_on_after(self.config.grace + 5):
+            for pool in self.pools.values():
+                await pool.wait_stopped()
+        serve_scope.cancel()
+        for pool in self.pools.values():
+            pool.kill()
+        self.log.info("stopped")
+        all_scope.cancel()
 
-    def mint(self, head: Head) -> bytes:
-        """POST /v1/tokens: a signed short-lived client token, for holders of the admin token."""
-        cfg = self.config
-        if not cfg.token_secret or not cfg.admin_token:
-            return response(404, "Not Found", tls=self.tls)
-        if not self.admin_ok(head):
-            return self._unauthorized()
-        body = self.json_body(head)
-        if isinstance(body, str):
-            return self._bad(body)
-        ttl = body.get("ttl", TOKEN_TTL_DEFAULT)
-        origin = body.get("origin")
-        provider = body.get("provider")
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= TOKEN_TTL_MAX:
-            return self._bad(f"ttl must be 1..{TOKEN_TTL_MAX} seconds")
-        if origin is not None and not isinstance(origin, str):
-            return self._bad("origin must be a string")
-        if provider is not None and provider not in ("openai", "deepgram"):
-            return self._bad("provider must be openai or deepgram")
-        terms = self.token_terms(body)
-        if isinstance(terms, str):
-            return self._bad(terms)
-        label, budget = terms
-        token, expires = mint_token(
-            cfg.token_secret, ttl=ttl, origin=origin, provider=provider, label=label, budget=budget
-        )
-        ident = token_id(self.admission.token_info(token, origin, provider))
-        return response(200, {"token": token, "id": ident, "expires_at": expires, "ttl": ttl}, tls=self.tls)
+    def halt(self, all_scope: trio.CancelScope) -> None:
+        """A second interrupt: kill every worker and leave now."""
+        self.log.warning("second interrupt, exiting now")
+        for pool in self.pools.values():
+            pool.kill()
+        all_scope.cancel()
 
-    def client_secret(self, head: Head) -> bytes:
-        """POST /v1/realtime/client_secrets in OpenAI's request and response shapes, so a backend
-        using the official SDK against voxgate's base URL gets a voxgate client token that a
-        browser then offers as its `openai-insecure-api-key.` subprotocol."""
-        cfg = self.config
-
-        def error(status: int, message: str, kind: str = "invalid_request_error") -> bytes:
-            body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-            return response(status, body, tls=self.tls)
-
-        if not cfg.token_secret or not cfg.admin_token:
-            return error(404, "client secrets need --token-secret and --admin-token", "not_found")
-        if not self.admin_ok(head):
-            return error(401, "admin token required as the bearer", "invalid_api_key")
-        body = self.json_body(head)
-        if isinstance(body, str):
-            return error(400, body)
-        expires_after = body.get("expires_after") or {}
-        ttl = expires_after.get("seconds", CLIENT_SECRET_TTL_DEFAULT) if isinstance(expires_after, dict) else None
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 10 <= ttl <= TOKEN_TTL_MAX:
-            return error(400, f"expires_after.seconds must be 10..{TOKEN_TTL_MAX}")
-        session = body.get("session") or {"type": "realtime"}
-        if not isinstance(session, dict):
-            return error(400, "session must be an object")
-        terms = self.token_terms(body)
-        if isinstance(terms, str):
-            return error(400, terms)
-        label, budget = terms
-        token, expires = mint_token(
-            cfg.token_secret, ttl=ttl, provider="openai", label=label or "client_secret", budget=budget
-        )
-        from voxgate.workers.openai.realtime import base_and_model
-
-        described = {
-            "type": "realtime", "model": base_and_model(cfg)[1], **session,
-            "object": "realtime.session", "id": f"sess_{uuid.uuid4().hex[:24]}", "expires_at": 0,
-        }
-        return response(200, {"value": token, "expires_at": expires, "session": described}, tls=self.tls)
-
-    def http_answer(self, head: Head, path: str, ip: str = "") -> bytes:
-        endpoint = HTTP_ENDPOINTS.get(path)
-        only = None
-        if endpoint is None and path.startswith(("/readyz/", "/ready/")):
-            only = path.rsplit("/", 1)[1]
-            endpoint = "readyz" if only in KEY_VARS else None
-        if head.method == "OPTIONS":
-            return self.cors_preflight(head)
-        if head.method == "GET" and path == REFUSAL_PATH and self.page:
-            return response(200, self.refusals.recent(ip, trio.current_time()), headers=PAGE_HEADERS, tls=self.tls)
-        if head.method in ("GET", "HEAD") and path in self.page:
-            body, content_type = self.page[path]
-            return response(200, body, headers=PAGE_HEADERS, tls=self.tls, content_type=content_type)
-        if head.method == "POST" and endpoint == "tokens":
-            return self.mint(head)
-        if head.method == "POST" and path == CLIENT_SECRETS_PATH:
-            return self.client_secret(head)
-        if head.method not in ("GET", "HEAD") or endpoint is None:
-            if self.router.http_route("POST", path) is not None:
-                return response(405, "Method Not Allowed", headers=[("Allow", "POST, OPTIONS")], tls=self.tls)
-            if self.router.websocket_route(path, []) is not None and head.method == "GET":
-                return response(426, "Upgrade Required", headers=[("Upgrade", "websocket")], tls=self.tls)
-            return response(404, "Not Found", tls=self.tls)
-        if endpoint == "healthz":
-            return response(200, {"status": "ok"}, tls=self.tls)
-        if endpoint == "readyz":
-            status, body = self.readiness(only)
-            return response(status, body, tls=self.tls)
-        if endpoint == "metrics":
-            return response(
-                200, self.metrics.render(self.pools, self.draining), tls=self.tls, content_type=metrics.CONTENT_TYPE
-            )
-        return response(404, "Not Found", tls=self.tls)
-
-    # -- connections --------------------------------------------------------------------
+    # -- connections ----------------------------------------------------------------------
 
     async def handle(self, tcp: trio.SocketStream) -> None:
         """One accepted connection; never raises (a bad client must not hurt the listener).
@@ -373,30 +244,46 @@ class Supervisor:
         path, query = split_target(head.target)
         if head.is_websocket:
             route = self.router.websocket_route(path, query)
-        elif path == SESSIONS_PATH or path.startswith(SESSIONS_PATH + "/"):
-            await self._send(stream, await self.sessions_api(head, path, query))
-            return None
-        elif path == USAGE_PATH or path.startswith(TOKENS_PATH):
-            await self._send(stream, await self.admin_api(head, path))
-            return None
         else:
             route = self.router.http_route(head.method, path)  # admitted like any session
             if route is None:
-                await self._send(stream, self.http_answer(head, path, self.admission.client_ip(head, peer_ip)))
+                ip = self.admission.client_ip(head, peer_ip)
+                await self._send(stream, await endpoints.answer(self, head, path, query, ip))
                 return None
-        if route is None:
-            await self._send(stream, response(404, "Not Found", tls=self.tls))
+        refusal = self._unservable(route)
+        if refusal is not None:
+            await self._send(stream, refusal)
             return None
-        pool = self.pools.get(route.provider)
-        if pool is None:
+        assert route is not None
+        ticket = await self._admit(stream, head, query, route, peer_ip)
+        if ticket is None:
+            return None
+        try:
+            handed = await self._hand_off(stream, head, route, self.pools[route.provider], ticket)
+        except BaseException:
+            self.store.abandoned(ticket)
+            raise
+        if handed is None:
+            self.store.abandoned(ticket)
+        return handed
+
+    def _unservable(self, route: Route | None) -> bytes | None:
+        """The answer when no worker may take this route: unknown, provider off, or draining."""
+        if route is None:
+            return response(404, "Not Found", tls=self.tls)
+        if route.provider not in self.pools:
             var = KEY_VARS[route.provider]
             body = {"error": "provider_disabled", "message": f"{route.provider} is off: {var} is not set", "missing": var}
-            await self._send(stream, response(503, body, tls=self.tls))
-            return None
+            return response(503, body, tls=self.tls)
         if self.draining:
             self.metrics.rejections.labels("draining").inc()
-            await self._send(stream, response(503, {"error": "draining"}, headers=[("Retry-After", "5")], tls=self.tls))
-            return None
+            return response(503, {"error": "draining"}, headers=[("Retry-After", "5")], tls=self.tls)
+        return None
+
+    async def _admit(
+        self, stream: trio.abc.Stream, head: Head, query: list[tuple[str, str]], route: Route, peer_ip: str,
+    ) -> Ticket | None:
+        """Admission (identity, then the store's caps and budgets); a refusal is answered here."""
         ip = self.admission.client_ip(head, peer_ip)
         rejection = self.admission.check_identity(head, query, route.provider)
         ticket = Ticket(
@@ -407,22 +294,15 @@ class Supervisor:
         ticket.trace = (first_value(query, "traceId") or head.header("x-trace-id") or ticket.sid)[:128]
         if rejection is None:
             rejection = await self.store.admit(ticket, trio.current_time())
-        if rejection is not None:
-            self.metrics.rejections.labels(rejection.reason).inc()
-            self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason,
-                          ip=ip, limit=getattr(rejection, "limit", None))
-            await self._send(stream, response(rejection.status, rejection.body(), headers=rejection.headers(), tls=self.tls))
-            if self.page:
-                self.refusals.note(ip, rejection.status, rejection.body(), trio.current_time())
-            return None
-        try:
-            handed = await self._hand_off(stream, head, route, pool, ticket)
-        except BaseException:
-            self.store.abandoned(ticket)
-            raise
-        if handed is None:
-            self.store.abandoned(ticket)
-        return handed
+        if rejection is None:
+            return ticket
+        self.metrics.rejections.labels(rejection.reason).inc()
+        self.log.info("session rejected", route=route.name, status=rejection.status, reason=rejection.reason,
+                      ip=ip, limit=getattr(rejection, "limit", None))
+        await self._send(stream, response(rejection.status, rejection.body(), headers=rejection.headers(), tls=self.tls))
+        if self.page:
+            self.refusals.note(ip, rejection.status, rejection.body(), trio.current_time())
+        return None
 
     def total_sessions(self) -> int:
         return sum(w.load for pool in self.pools.values() for w in pool.workers())
@@ -475,7 +355,7 @@ class Supervisor:
         await self._send(stream, response(503, body, headers=[("Retry-After", "2")], tls=self.tls))
         return None
 
-    # -- live sessions, budgets, the admin API ----------------------------------------------
+    # -- live sessions, budgets, stops ------------------------------------------------------
 
     def live_sessions(self) -> list[SessionRef]:
         return [ref for pool in self.pools.values() for w in pool.workers() for ref in w.sessions.values()]
@@ -532,113 +412,3 @@ class Supervisor:
             await worker.channel.send({"t": "stop", "sid": sid, "reason": reason})
         except ChannelClosed:
             pass
-
-    async def sessions_api(self, head: Head, path: str, query: list[tuple[str, str]]) -> bytes:
-        """GET /v1/sessions, DELETE /v1/sessions/{id}, DELETE /v1/sessions?filter=..."""
-        if not self.config.admin_token:
-            return response(404, "Not Found", tls=self.tls)
-        if not self.admin_ok(head):
-            return self._unauthorized()
-        filters = parse_filters(query)
-        if isinstance(filters, str):
-            return self._bad(filters)
-        sid = path[len(SESSIONS_PATH) + 1 :] if path != SESSIONS_PATH else None
-        if head.method not in ("GET", "DELETE") or (head.method == "GET" and sid is not None):
-            return response(405, {"error": "method_not_allowed", "message": "use GET or DELETE"},
-                            headers=[("Allow", "GET, DELETE")], tls=self.tls)
-        live = await self.store.sessions()
-        if head.method == "GET":
-            listed = [e for e in live if entry_matches(e, filters)]
-            return response(200, {"sessions": listed}, tls=self.tls)
-        if sid is not None:
-            matched = [e for e in live if e["id"] == sid]
-            if not matched:
-                return response(404, {"error": "not_found", "message": "no live session with that id"}, tls=self.tls)
-        elif not filters:
-            return self._bad("name the sessions to end: a session id, or ?client_ip=, ?token_label=, ?provider=")
-        else:  # sessions already ending are not counted again
-            matched = [e for e in live if entry_matches(e, filters) and e.get("ending") is None]
-        await self.store.stop(matched, "terminated")
-        return response(200, {"ended": len(matched), "ids": [e["id"] for e in matched]}, tls=self.tls)
-
-    async def admin_api(self, head: Head, path: str) -> bytes:
-        """DELETE /v1/tokens/{id} (revocation) and GET /v1/usage (totals, shared with Redis)."""
-        if not self.config.admin_token:
-            return response(404, "Not Found", tls=self.tls)
-        if not self.admin_ok(head):
-            return self._unauthorized()
-        if path == USAGE_PATH:
-            if head.method != "GET":
-                return response(405, "Method Not Allowed", headers=[("Allow", "GET")], tls=self.tls)
-            return response(200, await self.store.usage(), tls=self.tls)
-        if head.method != "DELETE":
-            return response(405, "Method Not Allowed", headers=[("Allow", "DELETE")], tls=self.tls)
-        ident = path[len(TOKENS_PATH):]
-        if not ident or len(ident) > 64 or not ident.replace("-", "").replace("_", "").isalnum():
-            return self._bad("name the token by the id POST /v1/tokens returned")
-        ended = await self.store.revoke(ident, time.time() + TOKEN_TTL_MAX)
-        self.log.info("token revoked", token_id=ident, ended=ended)
-        return response(200, {"revoked": ident, "ended": ended}, tls=self.tls)
-
-    async def run(self, listeners: list[trio.SocketListener], task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self.store.run)
-            for pool in self.pools.values():
-                nursery.start_soon(pool.run)
-            serve_scope = trio.CancelScope()
-            nursery.start_soon(self._serve, listeners, serve_scope)
-            task_status.started()
-            await self._signals(serve_scope, nursery.cancel_scope)
-
-    async def _serve(self, listeners: list[trio.SocketListener], scope: trio.CancelScope) -> None:
-        with scope:
-            await trio.serve_listeners(self.handle, listeners)
-
-    async def _signals(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
-        """SIGTERM/SIGINT drain (a second SIGINT exits at once); SIGHUP rolls the workers."""
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as rolls:
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        if not self.rolling:
-                            rolls.start_soon(self.roll)
-                        continue
-                    self.log.info("shutting down", signal=signal.Signals(signum).name, grace=f"{self.config.grace:g}s")
-                    rolls.cancel_scope.cancel()
-                    break
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drain, serve_scope, all_scope)
-                async for signum in signals:
-                    if signum == signal.SIGINT:
-                        self.log.warning("second interrupt, exiting now")
-                        for pool in self.pools.values():
-                            pool.kill()
-                        all_scope.cancel()
-                        return
-
-    async def roll(self) -> None:
-        """Re-exec workers one at a time, without dropping the listener or live sessions."""
-        self.rolling = True
-        try:
-            self.log.info("rolling workers")
-            for provider, pool in self.pools.items():
-                replaced = await pool.roll()
-                self.log.info("workers rolled", provider=provider, replaced=replaced)
-        finally:
-            self.rolling = False
-
-    async def _drain(self, serve_scope: trio.CancelScope, all_scope: trio.CancelScope) -> None:
-        # The listener stays open while sessions drain: /readyz answers 503 so a load
-        # balancer stops sending, and new upgrades get 503 + Retry-After.
-        self.draining = True
-        for pool in self.pools.values():
-            await pool.drain(self.config.grace)
-        with trio.move_on_after(self.config.grace + 5):
-            for pool in self.pools.values():
-                await pool.wait_stopped()
-        serve_scope.cancel()
-        for pool in self.pools.values():
-            pool.kill()
-        self.log.info("stopped")
-        all_scope.cancel()

@@ -1,6 +1,6 @@
 """`python -m voxgate.workers.deepgram`: the Deepgram worker process."""
 
-from voxgate.workers.deepgram.passthrough import HANDLERS
+from voxgate.workers.deepgram.routes import HANDLERS
 from voxgate.workers.runtime import run
 
 run("deepgram", HANDLERS)

@@ -32,10 +32,10 @@ import h11
 import orjson
 import trio
 
+from voxgate.http_response import response
 from voxgate.policy import apply_policy, rules_for
-from voxgate.supervisor.http import response
 from voxgate.workers.keyscrub import KeyScrubber
-from voxgate.workers.openai import realtime
+from voxgate.workers.openai import upstream
 from voxgate.workers.openai.upstream_map import redact
 from voxgate.workers.runtime import Session
 
@@ -293,7 +293,7 @@ async def set_up_call(session: Session, request: HttpRequest) -> tuple[int, byte
     """(status, body, content type, extra headers) for the client."""
     config = session.config
     offer = parse_offer(request.header("content-type"), request.body)
-    base, model = realtime.base_and_model(config)
+    base, model = upstream.base_and_model(config)
     upstream_session = session_config(offer.session, request.query, model)
     rules = rules_for(config.session_policy, session.route, session.token_label)
     if rules:

@@ -3,13 +3,13 @@ set-up."""
 
 from __future__ import annotations
 
-from voxgate.workers.openai import realtime
+from voxgate.workers.openai import upstream
 from voxgate.workers.passthrough import run_passthrough
 from voxgate.workers.runtime import Handler, Session
 
 
 async def handle_realtime(session: Session) -> None:
-    await run_passthrough(session, realtime.profile_for(session))
+    await run_passthrough(session, upstream.profile_for(session))
 
 
 async def handle_translate(session: Session) -> None:

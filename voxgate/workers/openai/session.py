@@ -45,7 +45,7 @@ from voxgate.workers.messages import (
     Ping,
     TextMessage,
 )
-from voxgate.workers.openai import realtime
+from voxgate.workers.openai import upstream
 from voxgate.workers.openai.actions import (
     Action,
     ArmTimer,
@@ -84,7 +84,7 @@ class TranslatorSession(LegPair):
         self.session = session
         self.core = Translator(
             request_id=str(uuid.uuid4()),
-            default_model=realtime.base_and_model(config)[1],
+            default_model=upstream.base_and_model(config)[1],
             strict=config.translator_strict,
             json_passthrough=config.translator_json_passthrough,
             max_pending_bytes=config.max_message_bytes * 4,
@@ -348,8 +348,8 @@ class TranslatorSession(LegPair):
     async def _connect_upstream(self) -> None:
         session = self.session
         config = session.config
-        base, model = realtime.base_and_model(config)
-        query = realtime.upstream_query([], model)
+        base, model = upstream.base_and_model(config)
+        query = upstream.upstream_query([], model)
         headers = [("Authorization", f"Bearer {config.openai_key}"), ("User-Agent", "voxgate")]
         started = trio.current_time()
         err: UpstreamConnectError | None = None

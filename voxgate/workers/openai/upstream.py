@@ -1,4 +1,6 @@
-"""The raw OpenAI Realtime relay at `/openai/v1/realtime` (openai-translator §10, D37).
+"""The OpenAI upstream: Realtime URL and model (read by the translator and the call set-up too),
+and the profile of the raw relay at `/openai/v1/realtime` (openai-translator §10, D37); its
+twin is deepgram/upstream.py.
 
 No translation: frames spliced verbatim. The gateway injects `Authorization: Bearer`, picks
 the model from the client's `?model=`, and never forwards browser auth subprotocols

@@ -1,4 +1,5 @@
-"""Deepgram routes: which upstream URL a session goes to and what the client sees on failure.
+"""The Deepgram upstream: which URL a session goes to, with what credentials, and what the client
+sees on failure (the passthrough relay's profile; its twin is openai/upstream.py).
 
 P3-P5, P8, P9, P17: the key only as `Authorization: Token`, every client query parameter
 forwarded except the gateway's own, `Error` JSON before a close on the agent service only.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import orjson
 
-from voxgate.config import Config
+from voxgate.config import DEEPGRAM, Config
+from voxgate.routes import provider_paths
 from voxgate.workers.deepgram.audio_done import SyntheticAgentAudioDone
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.limits import limit_for
@@ -28,8 +30,8 @@ SPEAK_DEFAULT_RATES = {"linear16": 24000, "mulaw": 8000, "alaw": 8000}
 AGENT_DEFAULT_OUTPUT = ("linear16", 24000)
 
 
-# Route kind -> the Deepgram API path it relays to (Flux recognition and turn-based TTS on v2).
-API_PATHS = {"listen": "/v1/listen", "speak": "/v1/speak", "listen_v2": "/v2/listen", "speak_v2": "/v2/speak"}
+# Route kind -> the Deepgram API path it relays to: the client's path under PROXY_PATH (P3).
+API_PATHS = {kind: path for path, kind in provider_paths(DEEPGRAM).items() if path}
 # Streaming recognition: the client may legitimately stay silent (no idle timeout).
 LISTEN_KINDS = frozenset({"listen", "listen_v2"})
 SPEAK_KINDS = frozenset({"speak", "speak_v2"})
@@ -37,9 +39,8 @@ SPEAK_KINDS = frozenset({"speak", "speak_v2"})
 
 def upstream_url(config: Config, kind: str) -> str:
     """P3: agent on DEEPGRAM_AGENT_URL, listen and speak (v1 and v2) on DEEPGRAM_API_URL."""
-    if kind == "agent":
-        return config.deepgram_agent_url.rstrip("/") + "/v1/agent/converse"
-    return config.deepgram_api_url.rstrip("/") + API_PATHS[kind]
+    base = config.deepgram_agent_url if kind == "agent" else config.deepgram_api_url
+    return base.rstrip("/") + API_PATHS[kind]
 
 
 def error_payload(description: str, code: str) -> bytes:
