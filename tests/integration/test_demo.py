@@ -15,6 +15,7 @@ from trio_websocket import open_websocket_url
 
 from tests.support.gateway import base_env, pid_alive
 from voxgate import demo as demo_module
+from voxgate import demo_script
 
 DEMO_TIMEOUT = 90.0
 
@@ -71,7 +72,7 @@ async def test_a_failing_path_is_reported_bounded_and_exits_one(monkeypatch):
         await conv.expect_type("Welcome")
         await conv.expect_type("NoSuchMessage")
 
-    broken = demo_module.Step("never answered", "/openai", "", never_answered, demo_module._describe_agent)
+    broken = demo_script.Step("never answered", "/openai", "", never_answered, demo_script._describe_agent)
     speak = next(s for s in demo_module.STEPS if s.name == "deepgram speak")
     monkeypatch.setattr(demo_module, "STEPS", (broken, speak))
     monkeypatch.setattr(demo_module, "STEP_TIMEOUT", 1.0)
@@ -144,9 +145,9 @@ async def test_keep_running_serves_until_sigterm():
 @pytest.mark.parametrize("frames_ms", [(400, 400)])
 def test_mic_frames_are_20ms_pcm16_at_16khz(frames_ms):
     tone_ms, silence_ms = frames_ms
-    frames = demo_module.mic_frames(tone_ms, silence_ms)
-    assert len(frames) == (tone_ms + silence_ms) // demo_module.FRAME_MS
-    assert {len(f) for f in frames} == {2 * 16000 * demo_module.FRAME_MS // 1000}
+    frames = demo_script.mic_frames(tone_ms, silence_ms)
+    assert len(frames) == (tone_ms + silence_ms) // demo_script.FRAME_MS
+    assert {len(f) for f in frames} == {2 * 16000 * demo_script.FRAME_MS // 1000}
     assert any(frames[0]) and not any(frames[-1])
 
 

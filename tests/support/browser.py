@@ -7,9 +7,7 @@ read what the simulated upstreams saw while the browser talks through a real gat
 
 from __future__ import annotations
 
-import math
 import os
-import struct
 import subprocess
 import threading
 import time
@@ -23,6 +21,7 @@ import trio
 
 from tests.support.gateway import Gateway, gateway_env, start_gateway
 from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
+from voxgate.simulate.audio import tone_pcm16
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("VOXGATE_CHROMIUM", "/usr/bin/chromium")
@@ -62,10 +61,7 @@ def write_mic_wav(path: Path, *, lead_ms: int = 600, speech_ms: int = 800, total
     `speech_ms=0` is a silent microphone."""
     n_lead, n_speech = MIC_RATE * lead_ms // 1000, MIC_RATE * speech_ms // 1000
     n_total = max(MIC_RATE * total_ms // 1000, n_lead + n_speech)
-    tone = struct.pack(
-        f"<{n_speech}h",
-        *(round(0.3 * 32767 * math.sin(2 * math.pi * 440.0 * i / MIC_RATE)) for i in range(n_speech)),
-    )
+    tone = tone_pcm16(speech_ms, rate=MIC_RATE)
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
