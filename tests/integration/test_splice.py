@@ -115,7 +115,9 @@ async def test_non_socket_streams_use_the_generic_path(nursery, size):
 async def test_slow_client_backpressure_loses_nothing(nursery):
     """A client that does not read: the gateway stops reading the upstream (kernel buffers
     only), partial writes resume, and every byte arrives in order."""
-    frames = [os.urandom(4) * 16384 for _ in range(40)]  # 40 x 64 KiB
+    # 160 x 64 KiB = 10 MiB: several times what the legs' kernel buffers absorb before the
+    # upstream's writes block (2-2.5 MiB seen under load), so the hold-back is what stops it
+    frames = [os.urandom(4) * 16384 for _ in range(160)]
     with trio.fail_after(T):
         env = await start_env(nursery, upstream_handler=None)
         client = await env.raw_client(rcvbuf=8192)
