@@ -575,7 +575,7 @@ AUTOBAHN_CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*",
                   "9.1.1", "9.1.2", "9.1.3", "9.2.1", "9.2.2", "9.2.3", "9.7.1", "9.8.1"]
 AUTOBAHN_EXCLUDE = ["12.*", "13.*"]  # permessage-deflate: voxgate negotiates no extension (P31)
 AUTOBAHN_NOTES = [
-    "The frame splice does not validate UTF-8 in text frames (splice.py, frames.py): the "
+    "The frame splice does not validate UTF-8 in text frames (splice_pumps.py, frameparser.py): the "
     "endpoint does, and the gateway relays the endpoint's 1007 close to the client unchanged. "
     "With the conforming echo upstream used here every 6.* case passes; fail-fast inside one "
     "frame (6.4.3, 6.4.4) is NON-STRICT because only complete client frames are forwarded.",

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,9 +183,3 @@ def spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None =
 
 def tail(text: str, lines: int = 8) -> str:
     return " | ".join(text.strip().splitlines()[-lines:])
-
-
-def stop_all(procs: Iterable[Managed | None]) -> None:
-    for managed in procs:
-        if managed is not None:
-            managed.stop()

@@ -52,11 +52,6 @@ class SessionRef:
     def label(self) -> str | None:
         return self.token.label if self.token else None
 
-    def matches(self, filters: dict[str, str]) -> bool:
-        return entry_matches(
-            {"provider": self.provider, "route": self.route, "client_ip": self.ip, "token_label": self.label}, filters
-        )
-
     def describe(self) -> dict[str, Any]:
         """One entry of `GET /v1/sessions` (never a token, only its label)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started_at))

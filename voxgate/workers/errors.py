@@ -3,7 +3,14 @@ key or exception text), so they can be logged and turned into a client close as 
 
 from __future__ import annotations
 
-__all__ = ["UpstreamConnectError", "CONNECT_ERROR_KINDS"]
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+__all__ = ["UpstreamConnectError", "CONNECT_ERROR_KINDS", "connect_within"]
+
+T = TypeVar("T")
 
 CONNECT_ERROR_KINDS = frozenset({"timeout", "refused", "rejected", "protocol", "tls", "dns"})
 
@@ -33,3 +40,19 @@ class UpstreamConnectError(Exception):
 
     def __repr__(self) -> str:
         return f"UpstreamConnectError(kind={self.kind!r}, status={self.status!r})"
+
+
+async def connect_within(timeout: float, connect: Callable[[], Awaitable[T]]) -> T | UpstreamConnectError:
+    """`connect()` bounded by `timeout`; every way it can fail comes back as one
+    `UpstreamConnectError` (both relays report a failed upstream the same way)."""
+    try:
+        with trio.fail_after(timeout):
+            return await connect()
+    except trio.TooSlowError:
+        return UpstreamConnectError("timeout")
+    except UpstreamConnectError as exc:
+        return exc
+    except OSError:
+        return UpstreamConnectError("refused")
+    except Exception:  # noqa: BLE001 - anything else is a failed handshake
+        return UpstreamConnectError("protocol")

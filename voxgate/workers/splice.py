@@ -45,7 +45,7 @@ from typing import Protocol
 import trio
 
 from voxgate.workers.dataplane import HIGH_WATER, attach
-from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.errors import UpstreamConnectError, connect_within
 from voxgate.workers.frames import OP_TEXT, MaskKeys, build_frame
 from voxgate.workers.keyscrub import KeyScrubber
 from voxgate.workers.limits import LIMITS
@@ -369,23 +369,13 @@ class _Splice(ClosingHandshake):
 
     async def _connect_upstream(self) -> tuple[trio.abc.Stream, bytes] | None:
         """The upstream connection, or None (after ending the session when it failed)."""
-        err: UpstreamConnectError | None = None
-        result = None
+        outcome = None
         with self.connect_scope:
-            try:
-                with trio.fail_after(self.policy.connect_timeout):
-                    result = await self.connect()
-            except trio.TooSlowError:
-                err = UpstreamConnectError("timeout")
-            except UpstreamConnectError as exc:
-                err = exc
-            except OSError:
-                err = UpstreamConnectError("refused")
-            except Exception:
-                err = UpstreamConnectError("protocol")
-        if result is None and err is not None:
-            self._upstream_failed(err)
-        return result
+            outcome = await connect_within(self.policy.connect_timeout, self.connect)
+        if isinstance(outcome, UpstreamConnectError):
+            self._upstream_failed(outcome)
+            return None
+        return outcome
 
     def _upstream_failed(self, err: UpstreamConnectError) -> None:
         if not self._end("upstream_failed:" + err.kind):

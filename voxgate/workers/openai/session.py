@@ -26,7 +26,7 @@ import trio
 
 from voxgate.policy import rules_for
 from voxgate.workers.dataplane import HIGH_WATER, attach
-from voxgate.workers.errors import UpstreamConnectError
+from voxgate.workers.errors import UpstreamConnectError, connect_within
 from voxgate.workers.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -352,21 +352,13 @@ class TranslatorSession(LegPair):
         query = upstream.upstream_query([], model)
         headers = [("Authorization", f"Bearer {config.openai_key}"), ("User-Agent", "voxgate")]
         started = trio.current_time()
-        err: UpstreamConnectError | None = None
-        result = None
+        outcome = None
         with self.connect_scope:
-            try:
-                with trio.fail_after(config.connect_timeout):
-                    result = await open_upstream(base, query, headers)
-            except trio.TooSlowError:
-                err = UpstreamConnectError("timeout")
-            except UpstreamConnectError as exc:
-                err = exc
-            except OSError:
-                err = UpstreamConnectError("refused")
-            except Exception:  # noqa: BLE001 - anything else is a failed handshake
-                err = UpstreamConnectError("protocol")
-        if result is None:
+            outcome = await connect_within(
+                config.connect_timeout, functools.partial(open_upstream, base, query, headers)
+            )
+        if outcome is None or isinstance(outcome, UpstreamConnectError):
+            err = outcome
             if err is not None and not self.core.closed:
                 session.counters.upstream_failures[err.kind] += 1
                 session.log.warning("upstream failed", kind=err.kind, status=err.status)
@@ -375,7 +367,7 @@ class TranslatorSession(LegPair):
                 self.done.set()
                 self._check()
             return
-        stream, leftover = result
+        stream, leftover = outcome
         if self.up.out_closed:  # the session ended while we were connecting
             await trio.aclose_forcefully(stream)
             return
