@@ -15,8 +15,6 @@ import orjson
 import trio
 from trio_websocket import WebSocketConnection
 
-from voxgate.simulate.audio import tone_pcm16
-
 MIC_RATE = 16000
 OUTPUT_RATE = 24000  # every path is asked for 24 kHz linear16 output
 FRAME_MS = 20
@@ -235,6 +233,9 @@ def _response_text(msg: dict[str, Any]) -> str:
 
 def mic_frames(tone_ms: int, silence_ms: int, *, rate: int = MIC_RATE) -> list[bytes]:
     """A 440 Hz tone then silence, as PCM16 LE mono frames of FRAME_MS (stands in for speech)."""
+    # imported here: numpy stays out of the supervisor process (cli imports this module)
+    from voxgate.simulate.audio import tone_pcm16
+
     pcm = tone_pcm16(tone_ms, rate=rate) + bytes(2 * (rate * silence_ms // 1000))
     size = 2 * rate * FRAME_MS // 1000
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]

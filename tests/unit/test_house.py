@@ -99,3 +99,12 @@ def test_ruff_is_clean():
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_the_supervisor_process_does_not_load_numpy():
+    """`voxgate serve` imports cli, config, supervisor: numpy (12 MiB of RSS) belongs to the
+    workers and the simulators only."""
+    probe = "import sys, voxgate.cli, voxgate.supervisor.server; print('numpy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
