@@ -30,6 +30,8 @@ STAMP = struct.Struct("<QQ")
 MAX_ERROR_SAMPLES = 20
 
 
+
+
 class PhaseState:
     """Counters shared by every session of one measured phase (one target of a scenario)."""
 
@@ -55,6 +57,16 @@ class PhaseState:
         self.errors += 1
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(what)
+
+    def client_ended(self, error: str | None, was_ready: bool, never_ready: str) -> None:
+        """Count one ended session; one that never got ready is settled, as an error."""
+        self.ended += 1
+        if error is not None:
+            self.error(error)
+        if not was_ready:
+            self.ready += 1
+            if error is None:
+                self.error(never_ready)
 
 
 # ----------------------------------------------------------------------------- echo
@@ -133,14 +145,7 @@ class EchoClient(WsClient):
                 self.send_many(want)
 
     def on_closed(self) -> None:
-        ph = self.ph
-        ph.ended += 1
-        if self.error is not None:
-            ph.error(self.error)
-        if not self.is_ready:
-            ph.ready += 1  # settled, never ready: counted as an error above (or below)
-            if self.error is None:
-                ph.error("closed before its first echo")
+        self.ph.client_ended(self.error, self.is_ready, "closed before its first echo")
 
 
 # ----------------------------------------------------------------------------- translator
@@ -205,14 +210,7 @@ class _PacedFifo(WsClient):
             ph.in_window += 1
 
     def on_closed(self) -> None:
-        ph = self.ph
-        ph.ended += 1
-        if self.error is not None:
-            ph.error(self.error)
-        if not self.is_ready:
-            ph.ready += 1
-            if self.error is None:
-                ph.error("closed before the session was ready")
+        self.ph.client_ended(self.error, self.is_ready, "closed before the session was ready")
 
 
 class AgentClient(_PacedFifo):

@@ -324,12 +324,7 @@ class FdConn(Conn):
             self.out_bytes = 0
 
     async def aclose(self) -> None:
-        if not self.closed:
-            self.dp._forget(self)
-            self.closed = True
-            self.reading = False
-            self.out.clear()
-            self.out_bytes = 0
+        self.detach()
         await trio.aclose_forcefully(self.stream)
 
 
