@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 import wave
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import trio
 
 from tests.support.gateway import Gateway, gateway_env, start_gateway
 from tests.support.keys import DEEPGRAM_KEY, OPENAI_KEY
+from tests.support.trio_thread import TrioThread
 from voxgate.simulate.audio import tone_pcm16
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,42 +147,28 @@ def set_hidden(page: Any, hidden: bool) -> None:
 # Simulated upstreams in a thread
 
 
-class Simulators:
+class Simulators(TrioThread):
     """OpenAI and Deepgram simulators on free loopback ports, in a trio loop of their own."""
+
+    name = "simulators"
 
     def __init__(self, *, openai_key: str, deepgram_key: str, listen_idle_timeout: float = 10.0) -> None:
         from voxgate.simulate.deepgram.server import DeepgramSimulator
         from voxgate.simulate.openai.server import OpenAISimulator
 
+        super().__init__()
         self.openai = OpenAISimulator(api_key=openai_key)
         self.deepgram = DeepgramSimulator(api_key=deepgram_key, listen_idle_timeout=listen_idle_timeout)
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._scope: trio.CancelScope | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
 
     def start(self) -> Simulators:
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("simulators did not start")
+        self.start_thread()
         return self
 
-    def stop(self) -> None:
-        if self._token is not None and self._scope is not None:
-            try:
-                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join(10)
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            async with trio.open_nursery() as nursery:
-                self.openai.port = await nursery.start(self.openai.serve)
-                self.deepgram.port = await nursery.start(self.deepgram.serve)
-                self._started.set()
+    async def serve(self, started: Callable[[], None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self.openai.port = await nursery.start(self.openai.serve)
+            self.deepgram.port = await nursery.start(self.deepgram.serve)
+            started()
 
     def records(self, provider: str, path_suffix: str = "") -> list[Any]:
         sim = self.openai if provider == "openai" else self.deepgram

@@ -9,44 +9,32 @@ resets pass through, so a dropped upstream still looks dropped to the gateway.
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 
 import trio
 
+from tests.support.trio_thread import TrioThread
 
-class Forwarder:
+
+class Forwarder(TrioThread):
     """`start()` -> port; set `target` to the port new connections should reach."""
 
+    name = "forwarder"
+
     def __init__(self) -> None:
+        super().__init__()
         self.target: int | None = None
         self.port = 0
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._scope: trio.CancelScope | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
 
     def start(self) -> int:
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("forwarder did not start")
+        self.start_thread()
         return self.port
 
-    def stop(self) -> None:
-        if self._token is not None and self._scope is not None:
-            try:
-                trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join(10)
-
-    async def _main(self) -> None:
+    async def serve(self, started: Callable[[], None]) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
-        self._token = trio.lowlevel.current_trio_token()
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            self._started.set()
-            await trio.serve_listeners(self._handle, listeners)
+        started()
+        await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, down: trio.SocketStream) -> None:
         target = self.target
