@@ -116,12 +116,15 @@ def _unauthorized(sup: Supervisor) -> bytes:
     return _reply(sup, 401, {"error": "unauthorized", "message": "admin token required"})
 
 
-def _admin_refusal(sup: Supervisor, head: Head) -> bytes | None:
-    """404 when there is no admin API (no --admin-token), 401 without its bearer, else None."""
+def _admin_refusal(sup: Supervisor, head: Head, allow: str | None = None) -> bytes | None:
+    """404 when there is no admin API (no --admin-token), 401 without its bearer, 405 for a
+    method other than `allow` (when given), else None."""
     if not sup.config.admin_token:
         return _reply(sup, 404, "Not Found")
     if not admin_ok(sup, head):
         return _unauthorized(sup)
+    if allow is not None and head.method != allow:
+        return _reply(sup, 405, "Method Not Allowed", headers=[("Allow", allow)])
     return None
 
 
@@ -302,21 +305,17 @@ async def _end_sessions(sup: Supervisor, live: list[dict], sid: str | None, filt
 
 async def usage(sup: Supervisor, req: Request) -> bytes:
     """GET /v1/usage: totals (shared through Redis with --redis-url)."""
-    refusal = _admin_refusal(sup, req.head)
+    refusal = _admin_refusal(sup, req.head, allow="GET")
     if refusal is not None:
         return refusal
-    if req.head.method != "GET":
-        return _reply(sup, 405, "Method Not Allowed", headers=[("Allow", "GET")])
     return _reply(sup, 200, await sup.store.usage())
 
 
 async def revoke(sup: Supervisor, req: Request) -> bytes:
     """DELETE /v1/tokens/{id}: revoke a minted token and end its live sessions."""
-    refusal = _admin_refusal(sup, req.head)
+    refusal = _admin_refusal(sup, req.head, allow="DELETE")
     if refusal is not None:
         return refusal
-    if req.head.method != "DELETE":
-        return _reply(sup, 405, "Method Not Allowed", headers=[("Allow", "DELETE")])
     ident = req.rest
     if not ident or len(ident) > 64 or not ident.replace("-", "").replace("_", "").isalnum():
         return _bad(sup, "name the token by the id POST /v1/tokens returned")
