@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
+from voxgate.workers.message_filter import MessageFilter
 
 # bytes per sample of the raw encodings both providers declare
 BYTES_PER_SAMPLE = {"linear16": 2, "pcm16": 2, "linear32": 4, "mulaw": 1, "alaw": 1, "g711_ulaw": 1, "g711_alaw": 1}
+RESPONSE_DONE = MessageFilter("response.done")
 TOKEN_KINDS = ("input_text", "input_audio", "output_text", "output_audio", "cached")
 
 
@@ -125,16 +126,9 @@ class ResponseDoneObserver:
         self.usage = usage
 
     def observe_text(self, payload: bytes) -> list[bytes]:
-        if b'"response.done"' not in payload:
-            return []
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return []
-        if isinstance(event, dict) and event.get("type") == "response.done":
-            response = event.get("response")
-            if isinstance(response, dict):
-                self.usage.add_response_usage(response.get("usage"))
+        event = RESPONSE_DONE(payload)
+        if event is not None and isinstance(event.get("response"), dict):
+            self.usage.add_response_usage(event["response"].get("usage"))
         return []
 
     def observe_binary(self) -> None:

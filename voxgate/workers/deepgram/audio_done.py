@@ -8,9 +8,10 @@ turns. Once seen, nothing more is inspected on the connection.
 
 from __future__ import annotations
 
-import orjson
+from voxgate.workers.message_filter import MessageFilter
 
 AGENT_AUDIO_DONE = b'{"type":"AgentAudioDone"}'
+CONVERSATION_TEXT = MessageFilter("ConversationText")
 
 
 class SyntheticAgentAudioDone:
@@ -24,15 +25,8 @@ class SyntheticAgentAudioDone:
         self.binary_forwarded = True
 
     def observe_text(self, payload: bytes) -> list[bytes]:
-        if b"ConversationText" not in payload:
-            return []
-        try:
-            message = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return []
-        if not isinstance(message, dict) or message.get("type") != "ConversationText":
-            return []
-        if message.get("role") != "assistant":
+        message = CONVERSATION_TEXT(payload)
+        if message is None or message.get("role") != "assistant":
             return []
         self.wants_text = False
         return [AGENT_AUDIO_DONE] if self.binary_forwarded else []

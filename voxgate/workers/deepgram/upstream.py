@@ -14,6 +14,7 @@ from voxgate.routes import provider_paths
 from voxgate.workers.deepgram.audio_done import SyntheticAgentAudioDone
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.limits import limit_for
+from voxgate.workers.message_filter import MessageFilter
 from voxgate.workers.passthrough import (
     GATEWAY_PARAMS,
     UpstreamProfile,
@@ -78,16 +79,11 @@ class ClientMeter:
 
     def __init__(self, usage: Usage, kind: str) -> None:
         self.usage = usage
-        self.marker = b'"Settings"' if kind == "agent" else b'"Speak"'
+        self.metered = MessageFilter("Settings" if kind == "agent" else "Speak")
 
     def observe_client_text(self, payload: bytes) -> tuple[bytes | None, list[bytes]]:
-        if self.marker not in payload:
-            return None, []
-        try:
-            msg = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return None, []
-        if not isinstance(msg, dict):
+        msg = self.metered(payload)
+        if msg is None:
             return None, []
         if msg.get("type") == "Speak" and isinstance(msg.get("text"), str):
             self.usage.characters += len(msg["text"])

@@ -17,6 +17,7 @@ from voxgate.config import Config
 from voxgate.policy import apply_policy, pinned_message, rules_for
 from voxgate.workers.errors import UpstreamConnectError
 from voxgate.workers.limits import limit_for
+from voxgate.workers.message_filter import MessageFilter
 from voxgate.workers.passthrough import (
     GATEWAY_PARAMS,
     UpstreamProfile,
@@ -58,6 +59,7 @@ def failure_payloads(err: UpstreamConnectError) -> list[bytes]:
     return [openai_error("upstream_unavailable", f"The provider could not be reached{detail}.")]
 
 
+SESSION_UPDATE = MessageFilter("session.update")
 OPERATOR_LIMITS = frozenset({"terminated", "budget_exhausted", "replaced"})  # say why (issue 11)
 
 
@@ -78,13 +80,8 @@ class SessionUpdatePolicy:
         self.rules = rules
 
     def observe_client_text(self, payload: bytes) -> tuple[bytes | None, list[bytes]]:
-        if b'"session.update"' not in payload:
-            return None, []
-        try:
-            msg = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return None, []
-        if not isinstance(msg, dict) or msg.get("type") != "session.update":
+        msg = SESSION_UPDATE(payload)
+        if msg is None:
             return None, []
         session = msg.get("session")
         if not isinstance(session, dict):
